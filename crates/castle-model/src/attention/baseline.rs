@@ -1,0 +1,95 @@
+//! The baseline: multi-head causal softmax attention with RoPE and a KV cache.
+
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use super::lookahead::scale;
+use super::{merge_heads, split_heads};
+use crate::layers::linear;
+use crate::rope::RopeTables;
+
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention<B: Backend> {
+    /// `W_Q, W_K, W_V` of all heads, `d_model -> 3 n d`.
+    pub qkv: Linear<B>,
+    /// `W_O`, `n d -> d_model`.
+    pub out: Linear<B>,
+    #[module(skip)]
+    pub n_heads: usize,
+}
+
+/// Keys and values of the positions seen so far, `[batch, heads, t, d]`.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn len(&self) -> usize {
+        self.k.dims()[2]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    pub fn new(
+        d_model: usize,
+        n_heads: usize,
+        head_dim: usize,
+        out_std: f64,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            qkv: linear(d_model, 3 * n_heads * head_dim, 0.02, device),
+            out: linear(n_heads * head_dim, d_model, out_std, device),
+            n_heads,
+        }
+    }
+
+    fn project(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> [Tensor<B, 4>; 3] {
+        let [q, k, v] = <[_; 3]>::try_from(split_heads(self.qkv.forward(x), 3, self.n_heads))
+            .expect("three projections");
+        [rope.apply(q), rope.apply(k), v]
+    }
+
+    /// Full-sequence forward, `x: [batch, len, d_model]`; `rope` covers positions `0..len`.
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> Tensor<B, 3> {
+        let [q, k, v] = self.project(x, rope);
+        self.out.forward(merge_heads(causal_attention(q, k, v)))
+    }
+
+    /// Forward over a prompt that also returns the cache for decoding after it.
+    pub fn prefill(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> (Tensor<B, 3>, KvCache<B>) {
+        let [q, k, v] = self.project(x, rope);
+        let out = causal_attention(q, k.clone(), v.clone());
+        (self.out.forward(merge_heads(out)), KvCache { k, v })
+    }
+
+    /// One new token, `x: [batch, 1, d_model]`; `rope` covers position `cache.len()`.
+    pub fn step(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let [q, k, v] = self.project(x, rope);
+        cache.k = Tensor::cat(vec![cache.k.clone(), k], 2);
+        cache.v = Tensor::cat(vec![cache.v.clone(), v], 2);
+        let d = q.dims()[3];
+        let p = softmax(q.matmul(cache.k.clone().swap_dims(2, 3)) * scale(d), 3);
+        self.out.forward(merge_heads(p.matmul(cache.v.clone())))
+    }
+}
+
+/// `softmax(s Q K^T + causal mask) V`.
+pub fn causal_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, _, l, d] = q.dims();
+    let causal = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &q.device()).unsqueeze::<4>();
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale(d);
+    softmax(scores.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(v)
+}

@@ -1,0 +1,213 @@
+//! The lookahead half of CASTLE (spec sections 1-4) on per-head tensors `[batch, heads, len, d]`.
+//!
+//! `S_U[t, i] = s * qC_t . u_i^t` is computed three exact ways:
+//! - [`lookahead_scores_naive`]: Theorem 1, `S_U = A B^T`, O(L^3); the reference.
+//! - [`lookahead_scores_chunked`]: the blocked O(L^2 d) form; the training path.
+//! - [`UqKvCache`]: one token at a time with the UQ-KV cache (eq. 13); decoding.
+//!
+//! [`attend`] turns `S_U` into the attention output (eq. 5-8).
+
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use crate::layers::{sigmoid, silu};
+
+/// The seven per-head projections one CASTLE layer feeds into attention, `[batch, heads, len, d]`.
+/// `qu`, `ku`, `qc`, `kc` carry RoPE; `qc_nope` is `qc` before RoPE, the query that scores the
+/// lookahead keys (see `crate::rope`).
+#[derive(Debug, Clone)]
+pub struct CastleHeads<B: Backend> {
+    pub qu: Tensor<B, 4>,
+    pub ku: Tensor<B, 4>,
+    pub vu: Tensor<B, 4>,
+    pub qc: Tensor<B, 4>,
+    pub kc: Tensor<B, 4>,
+    pub vc: Tensor<B, 4>,
+    pub qc_nope: Tensor<B, 4>,
+}
+
+/// `s = 1 / sqrt(d)`.
+pub fn scale(head_dim: usize) -> f64 {
+    1.0 / (head_dim as f64).sqrt()
+}
+
+/// Does position `j` contribute to the lookahead key of `i`? `i < j <= i + W` (eq. 3-4, eq. 9).
+pub fn in_lookahead(i: usize, j: usize, window: Option<usize>) -> bool {
+    j > i && window.is_none_or(|w| j <= i + w)
+}
+
+/// The 0/1 matrix `M[a, c] = keep(a, c)`.
+fn position_mask<B: Backend>(
+    rows: usize,
+    cols: usize,
+    keep: impl Fn(usize, usize) -> bool,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let values: Vec<f32> = (0..rows)
+        .flat_map(|a| (0..cols).map(move |c| (a, c)))
+        .map(|(a, c)| if keep(a, c) { 1.0 } else { 0.0 })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+fn transpose<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.swap_dims(D - 2, D - 1)
+}
+
+/// Theorem 1: `S_U = ((s Qc Vu^T) (.) Mc) (sigmoid(s Qu Ku^T) (.) Mu)^T`. O(L^3) time, the reference.
+pub fn lookahead_scores_naive<B: Backend>(h: &CastleHeads<B>, window: Option<usize>) -> Tensor<B, 4> {
+    let [_, _, l, d] = h.qu.dims();
+    let s = scale(d);
+    let device = h.qu.device();
+    let mc = position_mask::<B>(l, l, |t, j| j <= t, &device).unsqueeze::<4>();
+    let mu = position_mask::<B>(l, l, |i, j| in_lookahead(i, j, window), &device).unsqueeze::<4>();
+    let a = h.qc_nope.clone().matmul(transpose(h.vu.clone())) * s * mc;
+    let b = sigmoid(h.qu.clone().matmul(transpose(h.ku.clone())) * s) * mu;
+    a.matmul(transpose(b))
+}
+
+/// The exact O(L^2 d) chunked form (spec section 3), one column block `J` of key owners at a time.
+///
+/// For owners in block `J` and summed positions in blocks `K >= J`:
+/// `sig[J,K] = sigmoid(s Qu_J Ku_K^T) (.) Mu[J,K]`, `G[J,K] = Vu_K^T sig[J,K]^T`,
+/// `C[J,I] = sum_{J<=K<I} G[J,K]`, and for every query block `I >= J`
+/// `S_U[I,J] = s Qc_I C[J,I] + ((s Qc_I Vu_I^T) (.) Mc[I,I]) sig[J,I]^T`.
+/// With a window only `K - J <= ceil(W/B)` can be non-zero, so `sig` and `G` are computed for
+/// that band alone; past it `C[J,I]` is the whole band's sum and the diagonal term vanishes.
+/// A length that is not a multiple of `block` is zero-padded (zero `Vu` rows add nothing).
+pub fn lookahead_scores_chunked<B: Backend>(
+    h: &CastleHeads<B>,
+    window: Option<usize>,
+    block: usize,
+) -> Tensor<B, 4> {
+    let [b, nh, l, d] = h.qu.dims();
+    let s = scale(d);
+    let device = h.qu.device();
+    let bs = block.clamp(1, l);
+    let n = l.div_ceil(bs);
+    let lp = n * bs;
+    let pad = |x: &Tensor<B, 4>| {
+        if lp == l {
+            x.clone()
+        } else {
+            Tensor::cat(vec![x.clone(), Tensor::zeros([b, nh, lp - l, d], &device)], 2)
+        }
+    };
+    let (qu, ku, vu, qc) = (pad(&h.qu), pad(&h.ku), pad(&h.vu), pad(&h.qc_nope));
+    let blocks = |x: &Tensor<B, 4>| x.clone().reshape([b, nh, n, bs, d]);
+    let (vu_blocks, qc_blocks) = (blocks(&vu), blocks(&qc));
+
+    // Blocks K - J < band can hold lookahead positions of owners in J.
+    let band = window.map_or(n, |w| (w.div_ceil(bs) + 1).min(n));
+    // Mu[J, J..J+band] depends only on j - i, so one mask serves every J.
+    let mu = position_mask::<B>(bs, band * bs, |a, c| in_lookahead(a, c, window), &device);
+    let mc = position_mask::<B>(bs, bs, |t, j| j <= t, &device);
+    // (s Qc_I Vu_I^T) (.) Mc[I,I] for every I: [b, nh, n, bs, bs].
+    let diag = qc_blocks.clone().matmul(transpose(vu_blocks.clone())) * s * mc.unsqueeze::<5>();
+
+    let mut columns = Vec::with_capacity(n);
+    for j in 0..n {
+        let k_end = (j + band).min(n);
+        let nk = k_end - j;
+        let qu_j = qu.clone().slice([0..b, 0..nh, j * bs..(j + 1) * bs, 0..d]);
+        let ku_k = ku.clone().slice([0..b, 0..nh, j * bs..k_end * bs, 0..d]);
+        let mu_k = mu.clone().slice([0..bs, 0..nk * bs]).unsqueeze::<4>();
+        // sig[J,K] for K in the band, laid out [b, nh, K, owner i, position j].
+        let sig = (sigmoid(qu_j.matmul(transpose(ku_k)) * s) * mu_k)
+            .reshape([b, nh, bs, nk, bs])
+            .swap_dims(2, 3);
+        let vu_k = vu_blocks.clone().slice([0..b, 0..nh, j..k_end, 0..bs, 0..d]);
+        let g = sig.clone().matmul(vu_k); // G[J,K]^T: [b, nh, K, bs, d]
+        let g_inclusive = g.cumsum(2);
+        // C[J,I]^T for I in the band: the exclusive prefix sum, shifted (not `inclusive - G`,
+        // whose rounding would let a later block touch earlier outputs).
+        let mut c = vec![Tensor::zeros([b, nh, 1, bs, d], &device)];
+        if nk > 1 {
+            c.push(g_inclusive.clone().slice([0..b, 0..nh, 0..nk - 1, 0..bs, 0..d]));
+        }
+        let c = Tensor::cat(c, 2);
+        let qc_i = qc_blocks.clone().slice([0..b, 0..nh, j..k_end, 0..bs, 0..d]);
+        let diag_i = diag.clone().slice([0..b, 0..nh, j..k_end, 0..bs, 0..bs]);
+        let in_band = qc_i.matmul(transpose(c)) * s + diag_i.matmul(transpose(sig));
+        let mut column = vec![];
+        if j > 0 {
+            column.push(Tensor::zeros([b, nh, j * bs, bs], &device)); // S_U[I,J] = 0 for I < J
+        }
+        column.push(in_band.reshape([b, nh, nk * bs, bs]));
+        if k_end < n {
+            let c_all = g_inclusive
+                .slice([0..b, 0..nh, nk - 1..nk, 0..bs, 0..d])
+                .reshape([b, nh, bs, d]);
+            let qc_rest = qc.clone().slice([0..b, 0..nh, k_end * bs..lp, 0..d]);
+            column.push(qc_rest.matmul(transpose(c_all)) * s);
+        }
+        columns.push(Tensor::cat(column, 2));
+    }
+    Tensor::cat(columns, 3).slice([0..b, 0..nh, 0..l, 0..l])
+}
+
+/// Eq. 5-8: `softmax_i( s qC_t . kC_i - SiLU(S_U[t,i]) ) vC`, causal over `i <= t`.
+pub fn attend<B: Backend>(h: &CastleHeads<B>, lookahead_scores: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, _, l, d] = h.qc.dims();
+    let causal = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &h.qc.device()).unsqueeze::<4>();
+    let logits = h.qc.clone().matmul(transpose(h.kc.clone())) * scale(d) - silu(lookahead_scores);
+    softmax(logits.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(h.vc.clone())
+}
+
+/// The UQ-KV cache of one layer (spec section 4): lookahead keys `U` (rewritten every step),
+/// lookahead queries `Qu`, causal keys `Kc` and values `Vc`, each `[batch, heads, t, d]`.
+#[derive(Debug, Clone)]
+pub struct UqKvCache<B: Backend> {
+    u: Tensor<B, 4>,
+    qu: Tensor<B, 4>,
+    kc: Tensor<B, 4>,
+    vc: Tensor<B, 4>,
+}
+
+impl<B: Backend> UqKvCache<B> {
+    /// The cache after a prompt: `U = (sigmoid(s Qu Ku^T) (.) Mu) Vu`, eq. 3-4 at `t = L - 1`.
+    pub fn prefill(h: &CastleHeads<B>, window: Option<usize>) -> Self {
+        let [_, _, l, d] = h.qu.dims();
+        let mu = position_mask::<B>(l, l, |i, j| in_lookahead(i, j, window), &h.qu.device());
+        let weights = sigmoid(h.qu.clone().matmul(transpose(h.ku.clone())) * scale(d));
+        Self {
+            u: (weights * mu.unsqueeze::<4>()).matmul(h.vu.clone()),
+            qu: h.qu.clone(),
+            kc: h.kc.clone(),
+            vc: h.vc.clone(),
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.u.dims()[2]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One new token (`h` holds one position): eq. 13, then eq. 5-8 for its output `[b, nh, 1, d]`.
+    /// Only rows still inside the window (`i >= t - W`) are rewritten: O(W d) under SWL.
+    pub fn step(&mut self, h: &CastleHeads<B>, window: Option<usize>) -> Tensor<B, 4> {
+        let [b, nh, t, d] = self.u.dims();
+        let s = scale(d);
+        let first = window.map_or(0, |w| t.saturating_sub(w));
+        if first < t {
+            let rows = [0..b, 0..nh, first..t, 0..d];
+            let qu = self.qu.clone().slice(rows.clone());
+            let weights = sigmoid(qu.matmul(transpose(h.ku.clone())) * s); // [b, nh, rows, 1]
+            let updated = self.u.clone().slice(rows.clone()) + weights * h.vu.clone();
+            self.u = self.u.clone().slice_assign(rows, updated);
+        }
+        let zero_row = Tensor::zeros([b, nh, 1, d], &h.vu.device()); // u_t^t = 0
+        self.u = Tensor::cat(vec![self.u.clone(), zero_row], 2);
+        self.qu = Tensor::cat(vec![self.qu.clone(), h.qu.clone()], 2);
+        self.kc = Tensor::cat(vec![self.kc.clone(), h.kc.clone()], 2);
+        self.vc = Tensor::cat(vec![self.vc.clone(), h.vc.clone()], 2);
+
+        let causal = h.qc.clone().matmul(transpose(self.kc.clone())) * s;
+        let lookahead = h.qc_nope.clone().matmul(transpose(self.u.clone())) * s;
+        softmax(causal - silu(lookahead), 3).matmul(self.vc.clone())
+    }
+}

@@ -1,0 +1,69 @@
+//! The small layers of the decoder: RMSNorm and the SwiGLU MLP.
+
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+
+/// A bias-free linear layer with the GPT-2 initialisation N(0, std).
+pub fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+/// RMSNorm computed in the backend's own float type (burn's `RmsNorm` rounds through f32, which
+/// would spoil the float64 reference tests).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub gamma: burn::module::Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn new(d_model: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            gamma: burn::module::Param::from_tensor(Tensor::ones([d_model], device)),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+        x / rms * self.gamma.val().unsqueeze()
+    }
+}
+
+/// SwiGLU MLP: `W_down (SiLU(x W_gate) * x W_up)`.
+#[derive(Module, Debug)]
+pub struct SwiGlu<B: Backend> {
+    pub gate: Linear<B>,
+    pub up: Linear<B>,
+    pub down: Linear<B>,
+}
+
+impl<B: Backend> SwiGlu<B> {
+    pub fn new(d_model: usize, hidden: usize, down_std: f64, device: &B::Device) -> Self {
+        Self {
+            gate: linear(d_model, hidden, 0.02, device),
+            up: linear(d_model, hidden, 0.02, device),
+            down: linear(hidden, d_model, down_std, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down
+            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+    }
+}
+
+/// `sigmoid(x) = (1 + tanh(x/2)) / 2`: exact in the backend's float type (burn's default
+/// `sigmoid` rounds through f32) and stable, with a stable gradient, at both tails.
+pub fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    (x * 0.5).tanh() * 0.5 + 0.5
+}
+
+/// `SiLU(x) = x sigmoid(x)`.
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() * sigmoid(x)
+}

@@ -1,0 +1,208 @@
+//! The LLaMA-style decoder LM (spec section 6): token embedding, blocks of
+//! pre-RMSNorm -> attention -> residual and pre-RMSNorm -> SwiGLU -> residual, final RMSNorm,
+//! LM head (tied to the embedding by default). Only the attention differs between kinds.
+
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use crate::attention::{
+    AttentionCache, CastleAttention, CastleMode, CausalSelfAttention,
+};
+use crate::config::{AttentionKind, ModelConfig};
+use crate::layers::{linear, RmsNorm, SwiGlu};
+use crate::rope::RopeTables;
+
+const NORM_EPS: f64 = 1e-5;
+
+#[derive(Module, Debug)]
+pub enum Attention<B: Backend> {
+    Baseline(CausalSelfAttention<B>),
+    Castle(CastleAttention<B>),
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub attn_norm: RmsNorm<B>,
+    pub attn: Attention<B>,
+    pub mlp_norm: RmsNorm<B>,
+    pub mlp: SwiGlu<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct CastleLm<B: Backend> {
+    pub embed: Embedding<B>,
+    pub blocks: Vec<Block<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when tied to `embed`.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+/// Decoding state: one cache per layer and the number of positions seen.
+#[derive(Debug, Clone)]
+pub struct LmCache<B: Backend> {
+    layers: Vec<AttentionCache<B>>,
+    len: usize,
+}
+
+impl<B: Backend> LmCache<B> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl ModelConfig {
+    /// Builds the LM with GPT-2's initialisation: N(0, 0.02), residual projections scaled by
+    /// `1/sqrt(2 layers)`. Call [`ModelConfig::validate`] first.
+    pub fn init<B: Backend>(&self, vocab_size: usize, device: &B::Device) -> CastleLm<B> {
+        let (d_model, heads, head_dim) = (self.d_model, self.n_heads(), self.head_dim);
+        let out_std = 0.02 / (2.0 * self.layers as f64).sqrt();
+        let blocks = (0..self.layers)
+            .map(|_| Block {
+                attn_norm: RmsNorm::new(d_model, NORM_EPS, device),
+                attn: match self.attention {
+                    AttentionKind::Baseline => Attention::Baseline(CausalSelfAttention::new(
+                        d_model, heads, head_dim, out_std, device,
+                    )),
+                    AttentionKind::Castle | AttentionKind::CastleSwl => {
+                        Attention::Castle(CastleAttention::new(
+                            d_model,
+                            heads,
+                            head_dim,
+                            self.lookahead_window(),
+                            out_std,
+                            device,
+                        ))
+                    }
+                },
+                mlp_norm: RmsNorm::new(d_model, NORM_EPS, device),
+                mlp: SwiGlu::new(d_model, self.mlp_hidden(), out_std, device),
+            })
+            .collect();
+        CastleLm {
+            embed: EmbeddingConfig::new(vocab_size, d_model)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device),
+            blocks,
+            norm: RmsNorm::new(d_model, NORM_EPS, device),
+            lm_head: (!self.tie_embeddings).then(|| linear(d_model, vocab_size, 0.02, device)),
+            config: self.clone(),
+        }
+    }
+}
+
+impl<B: Backend> CastleLm<B> {
+    pub fn vocab_size(&self) -> usize {
+        self.embed.weight.dims()[0]
+    }
+
+    /// Logits `[batch, len, vocab]` for `tokens: [batch, len]`, CASTLE on its chunked path.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let mode = CastleMode::Chunked {
+            block: self.config.block_size,
+        };
+        self.forward_with(tokens, mode)
+    }
+
+    /// [`CastleLm::forward`] with a chosen lookahead path (tests compare them).
+    pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, mode: CastleMode) -> Tensor<B, 3> {
+        let len = tokens.dims()[1];
+        let rope = self.rope(0, len, &tokens.device());
+        let mut x = self.embed.forward(tokens);
+        for block in &self.blocks {
+            let h = block.attn_norm.forward(x.clone());
+            let a = match &block.attn {
+                Attention::Baseline(attn) => attn.forward(h, &rope),
+                Attention::Castle(attn) => attn.forward(h, &rope, mode),
+            };
+            x = block.feed_forward(x + a);
+        }
+        self.logits(x)
+    }
+
+    /// Forward over a prompt `[batch, len]` that also returns the decoding cache.
+    pub fn prefill(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, LmCache<B>) {
+        let len = tokens.dims()[1];
+        let rope = self.rope(0, len, &tokens.device());
+        let mode = CastleMode::Chunked {
+            block: self.config.block_size,
+        };
+        let mut x = self.embed.forward(tokens);
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let h = block.attn_norm.forward(x.clone());
+            let (a, cache) = match &block.attn {
+                Attention::Baseline(attn) => {
+                    let (a, c) = attn.prefill(h, &rope);
+                    (a, AttentionCache::Kv(c))
+                }
+                Attention::Castle(attn) => {
+                    let (a, c) = attn.prefill(h, &rope, mode);
+                    (a, AttentionCache::UqKv(c))
+                }
+            };
+            layers.push(cache);
+            x = block.feed_forward(x + a);
+        }
+        (self.logits(x), LmCache { layers, len })
+    }
+
+    /// Logits `[batch, 1, vocab]` for one new token `[batch, 1]` after the cached positions.
+    pub fn decode(&self, token: Tensor<B, 2, Int>, cache: &mut LmCache<B>) -> Tensor<B, 3> {
+        let rope = self.rope(cache.len, 1, &token.device());
+        let mut x = self.embed.forward(token);
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let h = block.attn_norm.forward(x.clone());
+            let a = match (&block.attn, layer_cache) {
+                (Attention::Baseline(attn), AttentionCache::Kv(c)) => attn.step(h, &rope, c),
+                (Attention::Castle(attn), AttentionCache::UqKv(c)) => attn.step(h, &rope, c),
+                _ => unreachable!("a cache is built by its own layer's prefill"),
+            };
+            x = block.feed_forward(x + a);
+        }
+        cache.len += 1;
+        self.logits(x)
+    }
+
+    fn rope(&self, start: usize, len: usize, device: &B::Device) -> RopeTables<B> {
+        assert!(
+            start + len <= self.config.max_seq_len,
+            "sequence of {} positions exceeds model.max_seq_len = {}",
+            start + len,
+            self.config.max_seq_len
+        );
+        RopeTables::new(start, len, self.config.head_dim, self.config.rope_theta, device)
+    }
+
+    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.embed.weight.val().transpose().unsqueeze()),
+        }
+    }
+}
+
+impl<B: Backend> Block<B> {
+    fn feed_forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
+    }
+}
+
+/// Per-token negative log-likelihood `[batch, len]` of `targets` under `logits`.
+pub fn token_nll<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [b, l, _] = logits.dims();
+    log_softmax(logits, 2)
+        .gather(2, targets.reshape([b, l, 1]))
+        .reshape([b, l])
+        .neg()
+}
