@@ -1,0 +1,113 @@
+//! Seeded random windows for training and a fixed validation set.
+//!
+//! Window starts come from a counter-based generator: row `r` of batch `b`
+//! starts at `uniform(hash(seed, b, r), num_tokens - seq_len)`. So the state is
+//! just `{seed, batches_drawn}`, and a restored sampler draws exactly the
+//! batches the original would have drawn next.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::shard::Shard;
+
+/// Everything needed to resume a [`BatchSampler`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SamplerState {
+    pub seed: u64,
+    pub batches_drawn: u64,
+}
+
+/// Draws batches of random windows of `seq_len + 1` tokens.
+#[derive(Clone, Debug)]
+pub struct BatchSampler {
+    num_tokens: usize,
+    seq_len: usize,
+    state: SamplerState,
+}
+
+/// SplitMix64 finalizer: a good 64-bit mixing function.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl BatchSampler {
+    /// A fresh sampler over a shard of `num_tokens` tokens.
+    /// Errors when the shard is shorter than one window (`seq_len + 1`).
+    pub fn new(num_tokens: usize, seq_len: usize, seed: u64) -> Result<Self> {
+        Self::from_state(
+            num_tokens,
+            seq_len,
+            SamplerState {
+                seed,
+                batches_drawn: 0,
+            },
+        )
+    }
+
+    /// Resumes from a saved [`SamplerState`].
+    pub fn from_state(num_tokens: usize, seq_len: usize, state: SamplerState) -> Result<Self> {
+        if seq_len == 0 {
+            bail!("seq_len must be at least 1");
+        }
+        if num_tokens < seq_len + 1 {
+            bail!(
+                "the training shard has {num_tokens} tokens, fewer than one window of seq_len + 1 = {}; \
+                 use a larger corpus or a smaller seq_len",
+                seq_len + 1
+            );
+        }
+        Ok(Self {
+            num_tokens,
+            seq_len,
+            state,
+        })
+    }
+
+    /// The state to save with a checkpoint.
+    pub fn state(&self) -> SamplerState {
+        self.state.clone()
+    }
+
+    /// Window start of row `row` in batch `batch`.
+    fn start(&self, batch: u64, row: u64) -> usize {
+        let starts = (self.num_tokens - self.seq_len) as u64;
+        let x = mix(mix(self.state.seed ^ mix(batch)) ^ row);
+        ((x as u128 * starts as u128) >> 64) as usize
+    }
+
+    /// The next batch: `batch_size` windows of `seq_len + 1` tokens, row-major.
+    /// Panics if `shard` is not the `num_tokens`-long shard this sampler was made for.
+    pub fn next_batch(&mut self, shard: &Shard, batch_size: usize) -> Vec<u32> {
+        assert_eq!(
+            shard.len(),
+            self.num_tokens,
+            "sampler built for a shard of another length"
+        );
+        let batch = self.state.batches_drawn;
+        let mut out = Vec::with_capacity(batch_size * (self.seq_len + 1));
+        for row in 0..batch_size as u64 {
+            shard.extend_window(self.start(batch, row), self.seq_len + 1, &mut out);
+        }
+        self.state.batches_drawn += 1;
+        out
+    }
+}
+
+/// The fixed validation set: non-overlapping windows of `seq_len + 1` tokens
+/// starting at 0, `seq_len`, `2·seq_len`, … (consecutive windows share one
+/// boundary token so every token is predicted once), as many as fit in the
+/// shard while the predicted tokens (`seq_len` per window) stay within
+/// `max_tokens`. Identical on every call.
+pub fn validation_windows(shard: &Shard, seq_len: usize, max_tokens: usize) -> Vec<Vec<u32>> {
+    if seq_len == 0 || shard.len() < seq_len + 1 {
+        return Vec::new();
+    }
+    let available = (shard.len() - 1) / seq_len;
+    let count = available.min(max_tokens / seq_len);
+    (0..count)
+        .map(|i| shard.window(i * seq_len, seq_len + 1))
+        .collect()
+}
