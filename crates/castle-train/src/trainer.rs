@@ -1,0 +1,316 @@
+//! The training loop: data, model, AdamW, schedule, validation, checkpoints, resume.
+//!
+//! Written on burn's optimizer API rather than burn-train's `Learner`, whose checkpointing does
+//! not carry the sampler position (needed for an exact resume) and whose metrics do not write
+//! `metrics.jsonl` as specified. The step is split so that a data-parallel version only has to
+//! all-reduce the `GradientsParams` of [`micro_batch_gradients`] (burn's `GradientsParams::all_reduce`)
+//! before the optimizer step.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use castle_data::{validation_windows, BatchSampler, Prepared};
+use castle_model::lm::token_nll;
+use castle_model::CastleLm;
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::{info, warn};
+
+use crate::backend::OnBackend;
+use crate::checkpoint::{self, write_atomic, TrainState, FORMAT_VERSION};
+use crate::config::RunConfig;
+use crate::metrics::{metrics_path, summary_path, MetricsLog, StepMetrics, Summary};
+use crate::optim::AdamWGroups;
+use crate::schedule::learning_rate;
+use crate::validation::{inputs_and_targets, mean_loss};
+
+/// Trains `config` on its backend (see [`crate::backend::dispatch`]).
+pub struct Train {
+    pub config: RunConfig,
+    /// Fail unless there is a checkpoint to resume from.
+    pub require_resume: bool,
+}
+
+impl OnBackend for Train {
+    type Output = Summary;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Summary> {
+        train::<B>(&self.config, self.require_resume, &device)
+    }
+}
+
+/// Fetches the default corpus when it is the configured source and missing, then prepares
+/// (or reuses) the tokenizer and shards.
+pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
+    let data = &config.data;
+    if data.is_default_source() && !data.source.exists() {
+        info!("default corpus missing: running scripts/fetch_sotu.sh");
+        let status = std::process::Command::new("bash")
+            .arg("scripts/fetch_sotu.sh")
+            .status()
+            .context("cannot run `bash scripts/fetch_sotu.sh` (run castle-train from the repository root)")?;
+        if !status.success() {
+            bail!("scripts/fetch_sotu.sh failed ({status}); see its message above");
+        }
+    }
+    castle_data::prepare(data)
+}
+
+pub fn train<B: AutodiffBackend>(
+    config: &RunConfig,
+    require_resume: bool,
+    device: &B::Device,
+) -> Result<Summary> {
+    let run_dir = &config.run.dir;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create run.dir {}", run_dir.display()))?;
+    let data = prepare_data(config)?;
+    let vocab = data.tokenizer.vocab_size();
+    let (seq_len, batch) = (config.train.seq_len, config.train.batch_size);
+    let val_windows = validation_windows(&data.val, seq_len, config.eval.tokens);
+    if val_windows.is_empty() {
+        bail!(
+            "the validation split {} has {} tokens, fewer than one window of train.seq_len + 1 = {}",
+            data.val.path().display(),
+            data.val.len(),
+            seq_len + 1
+        );
+    }
+
+    B::seed(device, config.run.seed);
+    let mut model = config.model.init::<B>(vocab, device);
+    let mut optim = AdamWGroups::<B>::new(&config.train);
+    let mut sampler = BatchSampler::new(data.train.len(), seq_len, config.run.seed)?;
+    let mut state = TrainState {
+        format_version: FORMAT_VERSION,
+        step: 0,
+        tokens: 0,
+        sampler: sampler.state(),
+        val_loss: None,
+        best_val_loss: None,
+        tokenizer_sha256: data.tokenizer.hash_hex(),
+        parameters: model.num_params(),
+        elapsed_s: 0.0,
+    };
+    match resume::<B>(config, &data, device)? {
+        Some((m, o, s)) => {
+            (model, optim, state) = (m, o, s);
+            sampler = BatchSampler::from_state(data.train.len(), seq_len, state.sampler.clone())?;
+        }
+        None if require_resume => bail!(
+            "--resume: {} holds no checkpoint to resume from",
+            checkpoint::checkpoints_dir(run_dir).display()
+        ),
+        None => {}
+    }
+    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    let mut metrics = MetricsLog::open(&metrics_path(run_dir), state.step)?;
+
+    let steps = config.train.steps;
+    let accumulation = config.accumulation();
+    let tokens_per_step = config.tokens_per_step() as u64;
+    let progress = progress_bar(steps, state.step);
+    let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
+    let (mut window_start, mut window_tokens) = (Instant::now(), 0u64);
+    let mut last_val = state.val_loss;
+
+    for step in state.step + 1..=steps {
+        let lr = learning_rate(&config.train, step);
+        let mut accumulator = GradientsAccumulator::<CastleLm<B>>::new();
+        let mut loss_sum = 0.0;
+        for _ in 0..accumulation {
+            let tokens = sampler.next_batch(&data.train, batch);
+            let (loss, grads) = micro_batch_gradients(&model, &tokens, batch, accumulation, device);
+            loss_sum += loss;
+            accumulator.accumulate(&model, grads);
+        }
+        let train_loss = loss_sum / accumulation as f64;
+        let grad_norm;
+        (model, grad_norm) = optim.step(lr, model, accumulator.grads());
+        if !train_loss.is_finite() || !grad_norm.is_finite() {
+            progress.abandon();
+            let last = checkpoint::list(run_dir)?.pop();
+            bail!(
+                "train_loss = {train_loss}, grad_norm = {grad_norm} at step {step}: training diverged. \
+                 Last good checkpoint: {}. Lower train.lr or raise train.warmup_steps and resume.",
+                last.map_or("none".into(), |p| p.display().to_string())
+            );
+        }
+        state.step = step;
+        state.tokens += tokens_per_step;
+        state.sampler = sampler.state();
+        window_tokens += tokens_per_step;
+
+        let is_last = step == steps;
+        state.val_loss = None;
+        if step % config.eval.every == 0 || is_last {
+            let val_loss = mean_loss(&model.valid(), &val_windows, batch, device);
+            state.val_loss = Some(val_loss);
+            state.best_val_loss = Some(state.best_val_loss.map_or(val_loss, |b| b.min(val_loss)));
+            last_val = Some(val_loss);
+        }
+        if step % config.train.log_every == 0 || state.val_loss.is_some() {
+            let tokens_per_s = window_tokens as f64 / window_start.elapsed().as_secs_f64();
+            let m = StepMetrics {
+                step,
+                tokens: state.tokens,
+                train_loss,
+                lr,
+                grad_norm,
+                tokens_per_s,
+                val_loss: state.val_loss,
+                val_ppl: state.val_loss.map(f64::exp),
+            };
+            metrics.append(&m)?;
+            let val = last_val.map_or(String::new(), |v| format!(" | val ppl {:.2}", v.exp()));
+            progress.set_message(format!("loss {train_loss:.4} | {tokens_per_s:.0} tok/s{val}"));
+            if progress.is_hidden() {
+                info!(step, train_loss, lr, grad_norm, tokens_per_s, val_loss = ?state.val_loss, "step");
+            }
+            (window_start, window_tokens) = (Instant::now(), 0);
+        }
+        progress.set_position(step as u64);
+        if step % config.checkpoint.every == 0 || is_last {
+            state.elapsed_s = started.elapsed().as_secs_f64();
+            checkpoint::save(
+                run_dir,
+                &model,
+                |dir| optim.save(dir),
+                &state,
+                config,
+                &data.tokenizer,
+            )?;
+            checkpoint::prune(run_dir, config.checkpoint.keep_last)?;
+        }
+    }
+    progress.finish_and_clear();
+    let summary = summarize(config, &model, &state, started.elapsed().as_secs_f64(), &data, device)?;
+    write_atomic(&summary_path(run_dir), &serde_json::to_vec_pretty(&summary)?)?;
+    Ok(summary)
+}
+
+/// Mean loss of one micro-batch and its gradients, scaled by `1 / accumulation`.
+pub fn micro_batch_gradients<B: AutodiffBackend>(
+    model: &CastleLm<B>,
+    tokens: &[u32],
+    batch: usize,
+    accumulation: usize,
+    device: &B::Device,
+) -> (f64, GradientsParams) {
+    let (inputs, targets) = inputs_and_targets::<B>(tokens, batch, device);
+    let loss = token_nll(model.forward(inputs), targets).mean();
+    let value = loss.clone().into_scalar().elem::<f64>();
+    let grads = (loss / accumulation as f64).backward();
+    (value, GradientsParams::from_grads(grads, model))
+}
+
+/// The newest checkpoint that loads, falling back to older ones with a warning.
+#[allow(clippy::type_complexity)]
+fn resume<B: AutodiffBackend>(
+    config: &RunConfig,
+    data: &Prepared,
+    device: &B::Device,
+) -> Result<Option<(CastleLm<B>, AdamWGroups<B>, TrainState)>> {
+    let candidates = checkpoint::list(&config.run.dir)?;
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    for dir in candidates.iter().rev() {
+        match load_for_resume::<B>(dir, config, data, device) {
+            Ok(loaded) => {
+                info!("resuming from {} (step {})", dir.display(), loaded.2.step);
+                return Ok(Some(loaded));
+            }
+            Err(e) => warn!("{e:#}; falling back to the previous checkpoint"),
+        }
+    }
+    bail!(
+        "none of the {} checkpoints in {} loads (see the warnings above); move them away to start afresh",
+        candidates.len(),
+        checkpoint::checkpoints_dir(&config.run.dir).display()
+    )
+}
+
+#[allow(clippy::type_complexity)]
+fn load_for_resume<B: AutodiffBackend>(
+    dir: &Path,
+    config: &RunConfig,
+    data: &Prepared,
+    device: &B::Device,
+) -> Result<(CastleLm<B>, AdamWGroups<B>, TrainState)> {
+    let ckpt = checkpoint::read(dir)?;
+    let saved = &ckpt.config;
+    let same = |key: &str, a: String, b: String| -> Result<()> {
+        if a != b {
+            bail!("{}: {key} was {a} when this run started, the config now says {b}; resume with the same value or pick a new run.dir", dir.display());
+        }
+        Ok(())
+    };
+    same("[model]", format!("{:?}", saved.model), format!("{:?}", config.model))?;
+    same("run.seed", saved.run.seed.to_string(), config.run.seed.to_string())?;
+    same("train.seq_len", saved.train.seq_len.to_string(), config.train.seq_len.to_string())?;
+    same("train.batch_size", saved.train.batch_size.to_string(), config.train.batch_size.to_string())?;
+    same("train.tokens_per_step", saved.tokens_per_step().to_string(), config.tokens_per_step().to_string())?;
+    if ckpt.state.tokenizer_sha256 != data.tokenizer.hash_hex() {
+        bail!(
+            "{}: trained with tokenizer sha256 {}, but the prepared data in {} uses {}",
+            dir.display(),
+            ckpt.state.tokenizer_sha256,
+            data.dir.display(),
+            data.tokenizer.hash_hex()
+        );
+    }
+    let model = ckpt.load_model::<B>(data.tokenizer.vocab_size(), device)?;
+    let optim = AdamWGroups::new(&config.train).load(dir, device)?;
+    Ok((model, optim, ckpt.state))
+}
+
+fn summarize<B: AutodiffBackend>(
+    config: &RunConfig,
+    model: &CastleLm<B>,
+    state: &TrainState,
+    wall_time_s: f64,
+    data: &Prepared,
+    device: &B::Device,
+) -> Result<Summary> {
+    let params = config.model.param_summary(data.tokenizer.vocab_size());
+    let final_val_loss = match state.val_loss {
+        Some(v) => v,
+        None => {
+            let windows = validation_windows(&data.val, config.train.seq_len, config.eval.tokens);
+            mean_loss(&model.valid(), &windows, config.train.batch_size, device)
+        }
+    };
+    let best_val_loss = state.best_val_loss.unwrap_or(final_val_loss).min(final_val_loss);
+    Ok(Summary {
+        attention: config.model.attention.to_string(),
+        parameters: params.total,
+        non_embedding_parameters: params.non_embedding(),
+        steps: state.step,
+        tokens: state.tokens,
+        wall_time_s,
+        final_val_loss,
+        final_val_ppl: final_val_loss.exp(),
+        best_val_loss,
+        best_val_ppl: best_val_loss.exp(),
+    })
+}
+
+fn progress_bar(steps: usize, start: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64).with_position(start as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{elapsed_precise}] {bar:30.cyan/blue} {msg} | ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar.reset_eta();
+    bar
+}
