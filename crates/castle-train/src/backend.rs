@@ -1,6 +1,6 @@
 //! The one place a config's `backend.kind` becomes a burn backend type.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 
@@ -20,7 +20,7 @@ pub fn dispatch<T: OnBackend>(kind: BackendKind, task: T) -> Result<T::Output> {
         BackendKind::Cuda => task.run::<Autodiff<burn::backend::Cuda>>(Default::default()),
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => {
-            bail!("backend.kind = \"cuda\" needs a build with `--features cuda`")
+            anyhow::bail!("backend.kind = \"cuda\" needs a build with `--features cuda`")
         }
     }
 }

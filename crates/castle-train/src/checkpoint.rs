@@ -139,7 +139,11 @@ pub fn prune(run_dir: &Path, keep_last: usize) -> Result<()> {
     let parent = checkpoints_dir(run_dir);
     for entry in fs::read_dir(&parent)? {
         let path = entry?.path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp-")) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".tmp-"))
+        {
             fs::remove_dir_all(&path)?;
         }
     }
@@ -166,8 +170,13 @@ pub fn best(run_dir: &Path) -> Result<Option<Checkpoint>> {
 /// Reads a checkpoint's state and config; errors name the file and what is wrong.
 pub fn read(dir: &Path) -> Result<Checkpoint> {
     let state_path = dir.join("state.json");
-    let bytes = fs::read(&state_path)
-        .with_context(|| format!("{} is not a checkpoint: cannot read {}", dir.display(), state_path.display()))?;
+    let bytes = fs::read(&state_path).with_context(|| {
+        format!(
+            "{} is not a checkpoint: cannot read {}",
+            dir.display(),
+            state_path.display()
+        )
+    })?;
     let state: TrainState = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is corrupt", state_path.display()))?;
     if state.format_version != FORMAT_VERSION {
@@ -206,7 +215,11 @@ impl Checkpoint {
     }
 
     /// Builds the model from the stored config and loads the weights.
-    pub fn load_model<B: Backend>(&self, vocab_size: usize, device: &B::Device) -> Result<CastleLm<B>> {
+    pub fn load_model<B: Backend>(
+        &self,
+        vocab_size: usize,
+        device: &B::Device,
+    ) -> Result<CastleLm<B>> {
         let path = self.dir.join("model.mpk");
         let model = self
             .config

@@ -8,7 +8,7 @@ pub mod metrics;
 pub mod optim;
 pub mod schedule;
 pub mod summary;
-pub mod validation;
 pub mod trainer;
+pub mod validation;
 
 pub use config::RunConfig;

@@ -138,4 +138,3 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SplitByDecay<'_> {
         }
     }
 }
-

@@ -26,7 +26,9 @@ pub fn model_summary(config: &RunConfig, vocab_size: usize) -> String {
         (_, Some(_)) => " (set by model.castle_heads)".into(),
         (_, None) => format!(" (parameter parity with {} baseline heads)", m.heads),
     };
-    let window = m.lookahead_window().map_or(String::new(), |w| format!(", window {w}"));
+    let window = m
+        .lookahead_window()
+        .map_or(String::new(), |w| format!(", window {w}"));
     let _ = writeln!(
         s,
         "model: {}, {} layers, d_model {}, {} heads x {}{parity}{window}, block {}, vocab {vocab_size}",
@@ -37,7 +39,11 @@ pub fn model_summary(config: &RunConfig, vocab_size: usize) -> String {
         m.head_dim,
         m.block_size
     );
-    let head = if m.tie_embeddings { "tied".to_string() } else { human(p.lm_head as f64) };
+    let head = if m.tie_embeddings {
+        "tied".to_string()
+    } else {
+        human(p.lm_head as f64)
+    };
     let _ = writeln!(
         s,
         "  embedding {} | attention {} | mlp {} | norms {} | lm_head {head}",
@@ -46,9 +52,19 @@ pub fn model_summary(config: &RunConfig, vocab_size: usize) -> String {
         human(p.mlp as f64),
         human(p.norms as f64)
     );
-    let _ = writeln!(s, "parameters: {} ({} non-embedding)", human(p.total as f64), human(p.non_embedding() as f64));
+    let _ = writeln!(
+        s,
+        "parameters: {} ({} non-embedding)",
+        human(p.total as f64),
+        human(p.non_embedding() as f64)
+    );
     let flops = m.train_flops_per_token(vocab_size, config.train.seq_len);
-    let _ = writeln!(s, "train FLOPs per token: {} (forward + backward, at seq_len {})", human(flops), config.train.seq_len);
+    let _ = writeln!(
+        s,
+        "train FLOPs per token: {} (forward + backward, at seq_len {})",
+        human(flops),
+        config.train.seq_len
+    );
     s
 }
 

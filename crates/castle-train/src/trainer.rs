@@ -167,7 +167,9 @@ pub fn train<B: AutodiffBackend>(
             };
             metrics.append(&m)?;
             let val = last_val.map_or(String::new(), |v| format!(" | val ppl {:.2}", v.exp()));
-            progress.set_message(format!("loss {train_loss:.4} | {tokens_per_s:.0} tok/s{val}"));
+            progress.set_message(format!(
+                "loss {train_loss:.4} | {tokens_per_s:.0} tok/s{val}"
+            ));
             if progress.is_hidden() {
                 info!(step, train_loss, lr, grad_norm, tokens_per_s, val_loss = ?state.val_loss, "step");
             }
@@ -188,8 +190,18 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     progress.finish_and_clear();
-    let summary = summarize(config, &model, &state, started.elapsed().as_secs_f64(), &data, device)?;
-    write_atomic(&summary_path(run_dir), &serde_json::to_vec_pretty(&summary)?)?;
+    let summary = summarize(
+        config,
+        &model,
+        &state,
+        started.elapsed().as_secs_f64(),
+        &data,
+        device,
+    )?;
+    write_atomic(
+        &summary_path(run_dir),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
     Ok(summary)
 }
 
@@ -250,11 +262,31 @@ fn load_for_resume<B: AutodiffBackend>(
         }
         Ok(())
     };
-    same("[model]", format!("{:?}", saved.model), format!("{:?}", config.model))?;
-    same("run.seed", saved.run.seed.to_string(), config.run.seed.to_string())?;
-    same("train.seq_len", saved.train.seq_len.to_string(), config.train.seq_len.to_string())?;
-    same("train.batch_size", saved.train.batch_size.to_string(), config.train.batch_size.to_string())?;
-    same("train.tokens_per_step", saved.tokens_per_step().to_string(), config.tokens_per_step().to_string())?;
+    same(
+        "[model]",
+        format!("{:?}", saved.model),
+        format!("{:?}", config.model),
+    )?;
+    same(
+        "run.seed",
+        saved.run.seed.to_string(),
+        config.run.seed.to_string(),
+    )?;
+    same(
+        "train.seq_len",
+        saved.train.seq_len.to_string(),
+        config.train.seq_len.to_string(),
+    )?;
+    same(
+        "train.batch_size",
+        saved.train.batch_size.to_string(),
+        config.train.batch_size.to_string(),
+    )?;
+    same(
+        "train.tokens_per_step",
+        saved.tokens_per_step().to_string(),
+        config.tokens_per_step().to_string(),
+    )?;
     if ckpt.state.tokenizer_sha256 != data.tokenizer.hash_hex() {
         bail!(
             "{}: trained with tokenizer sha256 {}, but the prepared data in {} uses {}",
@@ -285,7 +317,10 @@ fn summarize<B: AutodiffBackend>(
             mean_loss(&model.valid(), &windows, config.train.batch_size, device)
         }
     };
-    let best_val_loss = state.best_val_loss.unwrap_or(final_val_loss).min(final_val_loss);
+    let best_val_loss = state
+        .best_val_loss
+        .unwrap_or(final_val_loss)
+        .min(final_val_loss);
     Ok(Summary {
         attention: config.model.attention.to_string(),
         parameters: params.total,

@@ -32,7 +32,11 @@ fn shipped_configs_are_valid() {
 fn overrides_reach_any_key() {
     let c = RunConfig::load(
         &tiny(),
-        &["train.lr=1e-4".into(), "run.dir=/tmp/x".into(), "model.attention=\"baseline\"".into()],
+        &[
+            "train.lr=1e-4".into(),
+            "run.dir=/tmp/x".into(),
+            "model.attention=\"baseline\"".into(),
+        ],
     )
     .unwrap();
     assert_eq!(c.train.lr, 1e-4);
@@ -43,11 +47,20 @@ fn overrides_reach_any_key() {
 #[test]
 fn each_bad_value_names_its_key() {
     let cases: &[(&[&str], &str)] = &[
-        (&["train.seq_len=128"], "train.seq_len = 128 exceeds model.max_seq_len = 64"),
-        (&["train.tokens_per_step=100"], "train.tokens_per_step = 100"),
+        (
+            &["train.seq_len=128"],
+            "train.seq_len = 128 exceeds model.max_seq_len = 64",
+        ),
+        (
+            &["train.tokens_per_step=100"],
+            "train.tokens_per_step = 100",
+        ),
         (&["train.warmup_steps=100"], "train.warmup_steps = 100"),
         (&["model.block_size=0"], "model.block_size = 0"),
-        (&["model.attention=\"castle-swl\"", "model.window=0"], "model.window = 0"),
+        (
+            &["model.attention=\"castle-swl\"", "model.window=0"],
+            "model.window = 0",
+        ),
         (&["model.attention=\"castle-swl\""], "model.window"),
         (&["model.head_dim=7"], "model.head_dim = 7"),
         (&["train.lr=-1"], "train.lr = -1"),

@@ -34,8 +34,13 @@ fn tiny_run_writes_metrics_summary_and_checkpoints() {
 
     let run = tmp.path().join("run");
     let m = metrics(&run);
-    assert_eq!(m.iter().map(|m| m.step).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
-    assert!(m.iter().all(|m| m.train_loss.is_finite() && m.tokens_per_s > 0.0));
+    assert_eq!(
+        m.iter().map(|m| m.step).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
+    assert!(m
+        .iter()
+        .all(|m| m.train_loss.is_finite() && m.tokens_per_s > 0.0));
     let vals: Vec<f64> = m.iter().filter_map(|m| m.val_loss).collect();
     assert_eq!(vals.len(), 3, "validation at steps 4, 8, 12");
     assert!(vals[2] < vals[0], "validation loss falls: {vals:?}");
@@ -52,8 +57,17 @@ fn tiny_run_writes_metrics_summary_and_checkpoints() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["step-0000010", "step-0000012"]);
-    for file in ["model.mpk", "optim-decayed.mpk", "state.json", "config.toml", "tokenizer.json"] {
-        assert!(run.join("checkpoints/step-0000012").join(file).exists(), "{file}");
+    for file in [
+        "model.mpk",
+        "optim-decayed.mpk",
+        "state.json",
+        "config.toml",
+        "tokenizer.json",
+    ] {
+        assert!(
+            run.join("checkpoints/step-0000012").join(file).exists(),
+            "{file}"
+        );
     }
 }
 
@@ -84,7 +98,10 @@ fn resume_after_sigkill_reproduces_the_uninterrupted_run() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!interrupted.join("summary.json").exists(), "killed before the end");
+    assert!(
+        !interrupted.join("summary.json").exists(),
+        "killed before the end"
+    );
     assert_success(&castle_train(&tiny_args(tmp.path(), "interrupted")));
 
     let a = metrics(&tmp.path().join("straight"));
@@ -121,9 +138,16 @@ fn corrupt_checkpoint_falls_back_to_the_previous_one() {
     assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("step-0000012"), "{stderr}");
-    assert!(stderr.contains("falling back to the previous checkpoint"), "{stderr}");
+    assert!(
+        stderr.contains("falling back to the previous checkpoint"),
+        "{stderr}"
+    );
     let steps: Vec<usize> = metrics(&run).iter().map(|m| m.step).collect();
-    assert_eq!(steps, (1..=14).collect::<Vec<_>>(), "steps 11.. rerun from step 10");
+    assert_eq!(
+        steps,
+        (1..=14).collect::<Vec<_>>(),
+        "steps 11.. rerun from step 10"
+    );
 }
 
 #[test]
@@ -134,7 +158,10 @@ fn checkpoint_from_another_tokenizer_is_refused() {
     assert_success(&castle_train(&args));
     let out = castle_train(&with(
         args,
-        &["data.vocab_size=320", &format!("data.dir=\"{}\"", tmp.path().join("other").display())],
+        &[
+            "data.vocab_size=320",
+            &format!("data.dir=\"{}\"", tmp.path().join("other").display()),
+        ],
     ));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -148,7 +175,12 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     write_corpus(tmp.path(), 30);
     let out = castle_train(&with(
         tiny_args(tmp.path(), "run"),
-        &["train.lr=1e12", "train.grad_clip=1e30", "checkpoint.every=1", "train.warmup_steps=0"],
+        &[
+            "train.lr=1e12",
+            "train.grad_clip=1e30",
+            "checkpoint.every=1",
+            "train.warmup_steps=0",
+        ],
     ));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -160,7 +192,10 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn dry_run_prints_the_paper_parameter_count() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper");
-    for (file, expected) in [("m-castle.toml", "parameters: 352"), ("s-baseline.toml", "parameters: 160")] {
+    for (file, expected) in [
+        ("m-castle.toml", "parameters: 352"),
+        ("s-baseline.toml", "parameters: 160"),
+    ] {
         let out = castle_train(&[
             "--config".into(),
             root.join(file).display().to_string(),
@@ -171,6 +206,9 @@ fn dry_run_prints_the_paper_parameter_count() {
         assert_success(&out);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(expected), "{file}: {stdout}");
-        assert!(stdout.contains("schedule: 95367 steps x 524288 tokens"), "{stdout}");
+        assert!(
+            stdout.contains("schedule: 95367 steps x 524288 tokens"),
+            "{stdout}"
+        );
     }
 }

@@ -11,7 +11,10 @@ use castle_train::RunConfig;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "Pretrain a CASTLE or baseline LM from one TOML config")]
+#[command(
+    version,
+    about = "Pretrain a CASTLE or baseline LM from one TOML config"
+)]
 struct Args {
     /// The run's TOML config.
     #[arg(long)]
@@ -52,7 +55,11 @@ fn run(args: Args) -> Result<()> {
             Some(path) if path.exists() => castle_data::Tok::load(path)?.vocab_size(),
             _ => config.data.vocab_size,
         };
-        print!("{}{}", model_summary(&config, vocab), schedule_summary(&config));
+        print!(
+            "{}{}",
+            model_summary(&config, vocab),
+            schedule_summary(&config)
+        );
         return Ok(());
     }
     let run_dir = config.run.dir.clone();
