@@ -171,7 +171,12 @@ pub fn train<B: AutodiffBackend>(
                 "loss {train_loss:.4} | {tokens_per_s:.0} tok/s{val}"
             ));
             if progress.is_hidden() {
-                info!(step, train_loss, lr, grad_norm, tokens_per_s, val_loss = ?state.val_loss, "step");
+                let val = state.val_loss.map_or(String::new(), |v| {
+                    format!(" | val loss {v:.4} ppl {:.2}", v.exp())
+                });
+                info!(
+                    "step {step}/{steps} | loss {train_loss:.4} | lr {lr:.2e} | grad norm {grad_norm:.3} | {tokens_per_s:.0} tok/s{val}"
+                );
             }
             (window_start, window_tokens) = (Instant::now(), 0);
         }

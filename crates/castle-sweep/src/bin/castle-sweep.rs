@@ -1,6 +1,7 @@
 //! `castle-sweep --sweep configs/sweeps/cpu-ladder.toml`: runs (or resumes) every cell of a
 //! sweep, then writes `results.md`, `results.csv`, `curves.svg` and `scaling.svg` in its dir.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
