@@ -136,7 +136,9 @@ impl ModelConfig {
     pub fn n_heads(&self) -> usize {
         match self.attention {
             AttentionKind::Baseline => self.heads,
-            _ => self.castle_heads.unwrap_or_else(|| parity_heads(self.heads)),
+            _ => self
+                .castle_heads
+                .unwrap_or_else(|| parity_heads(self.heads)),
         }
     }
 
@@ -166,7 +168,7 @@ impl ModelConfig {
                 return Err(ConfigError::new(key, value, "must be at least 1"));
             }
         }
-        if self.head_dim < 2 || self.head_dim % 2 != 0 {
+        if self.head_dim < 2 || !self.head_dim.is_multiple_of(2) {
             return Err(ConfigError::new(
                 "model.head_dim",
                 self.head_dim,
@@ -174,13 +176,25 @@ impl ModelConfig {
             ));
         }
         if self.castle_heads == Some(0) {
-            return Err(ConfigError::new("model.castle_heads", 0, "must be at least 1"));
+            return Err(ConfigError::new(
+                "model.castle_heads",
+                0,
+                "must be at least 1",
+            ));
         }
         if self.mlp_hidden == Some(0) {
-            return Err(ConfigError::new("model.mlp_hidden", 0, "must be at least 1"));
+            return Err(ConfigError::new(
+                "model.mlp_hidden",
+                0,
+                "must be at least 1",
+            ));
         }
-        if !(self.rope_theta > 0.0) {
-            return Err(ConfigError::new("model.rope_theta", self.rope_theta, "must be positive"));
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+            return Err(ConfigError::new(
+                "model.rope_theta",
+                self.rope_theta,
+                "must be positive",
+            ));
         }
         match (self.attention, self.window) {
             (AttentionKind::CastleSwl, None) => Err(ConfigError::new(

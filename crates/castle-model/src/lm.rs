@@ -6,9 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::attention::{
-    AttentionCache, CastleAttention, CastleMode, CausalSelfAttention,
-};
+use crate::attention::{AttentionCache, CastleAttention, CastleMode, CausalSelfAttention};
 use crate::config::{AttentionKind, ModelConfig};
 use crate::layers::{linear, RmsNorm, SwiGlu};
 use crate::rope::RopeTables;
@@ -180,7 +178,13 @@ impl<B: Backend> CastleLm<B> {
             start + len,
             self.config.max_seq_len
         );
-        RopeTables::new(start, len, self.config.head_dim, self.config.rope_theta, device)
+        RopeTables::new(
+            start,
+            len,
+            self.config.head_dim,
+            self.config.rope_theta,
+            device,
+        )
     }
 
     fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {

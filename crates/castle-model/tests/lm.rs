@@ -35,7 +35,10 @@ fn prefill_then_decode_equals_full_forward() {
             }
             assert_eq!(cache.len(), len);
             let err = max_abs_diff(&values(full.clone()), &values(Tensor::cat(logits, 1)));
-            assert!(err < 1e-10, "{kind}, prefill {prefill}: max abs error {err:e}");
+            assert!(
+                err < 1e-10,
+                "{kind}, prefill {prefill}: max abs error {err:e}"
+            );
         }
     }
 }
@@ -83,7 +86,11 @@ fn analytic_parameter_count_equals_built_model() {
             let mut config = tiny_config(kind);
             config.tie_embeddings = tie;
             let model = config.init::<B>(VOCAB, &device);
-            assert_eq!(config.param_summary(VOCAB).total, model.num_params(), "{kind} tie={tie}");
+            assert_eq!(
+                config.param_summary(VOCAB).total,
+                model.num_params(),
+                "{kind} tie={tie}"
+            );
         }
     }
 }
@@ -103,9 +110,16 @@ fn paper_table_4_parameter_counts() {
             (AttentionKind::Baseline, baseline),
             (AttentionKind::Castle, castle),
         ] {
-            let count = config.clone().with_attention(kind, None).param_summary(50304).total;
+            let count = config
+                .clone()
+                .with_attention(kind, None)
+                .param_summary(50304)
+                .total;
             let rel = (count as f64 - expected).abs() / expected;
-            assert!(rel < 0.01, "{kind} d_model={d_model}: {count} vs {expected:e}");
+            assert!(
+                rel < 0.01,
+                "{kind} d_model={d_model}: {count} vs {expected:e}"
+            );
         }
     }
     assert_eq!(parity_heads(14), 8);
@@ -115,7 +129,8 @@ fn paper_table_4_parameter_counts() {
 #[test]
 fn invalid_configs_name_the_key() {
     let base = tiny_config(AttentionKind::Castle);
-    let cases: Vec<(&str, Box<dyn Fn(&mut ModelConfig)>)> = vec![
+    type Breakage = Box<dyn Fn(&mut ModelConfig)>;
+    let cases: Vec<(&str, Breakage)> = vec![
         ("model.layers", Box::new(|c| c.layers = 0)),
         ("model.head_dim", Box::new(|c| c.head_dim = 7)),
         ("model.block_size", Box::new(|c| c.block_size = 0)),

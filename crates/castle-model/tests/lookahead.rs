@@ -18,7 +18,13 @@ fn all_paths_match_reference_in_f64() {
 fn no_path_lets_a_later_token_change_an_earlier_output() {
     let (l, d) = (23, 8);
     for window in [None, Some(4)] {
-        for path in [Path::Naive, Path::Chunked(5), Path::Chunked(64), Path::Cached(9)] {
+        for path in [
+            Path::Naive,
+            Path::Chunked(5),
+            Path::Chunked(64),
+            Path::ChunkedBatched(5),
+            Path::Cached(9),
+        ] {
             for t in [0, 8, 15, 21] {
                 let x = RawHeads::random([1, 2, l, d], 7);
                 let mut changed = x.clone();

@@ -37,7 +37,10 @@ struct Gradients<'a, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Gradients<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let grad = param.val().grad(self.grads).expect("every parameter gets a gradient");
+        let grad = param
+            .val()
+            .grad(self.grads)
+            .expect("every parameter gets a gradient");
         self.collected.push(values(grad));
     }
 }
@@ -67,7 +70,12 @@ fn chunked_gradients_match_naive_for_every_parameter() {
         assert_eq!(naive.len(), 16);
         for (i, (n, c)) in naive.iter().zip(&chunked).enumerate() {
             let norm = n.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let diff = n.iter().zip(c).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+            let diff = n
+                .iter()
+                .zip(c)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f64>()
+                .sqrt();
             assert!(norm > 0.0, "{kind}: parameter {i} has a zero gradient");
             assert!(
                 diff / norm < 1e-3,

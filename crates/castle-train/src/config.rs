@@ -208,7 +208,7 @@ impl RunConfig {
         }
         let micro = t.batch_size * t.seq_len;
         if let Some(tokens) = t.tokens_per_step {
-            if tokens == 0 || tokens % micro != 0 {
+            if tokens == 0 || !tokens.is_multiple_of(micro) {
                 bail!(
                     "train.tokens_per_step = {tokens}: must be a positive multiple of train.batch_size * train.seq_len = {micro} (e.g. {})",
                     micro * (tokens / micro).max(1)
@@ -233,10 +233,10 @@ impl RunConfig {
                 bail!("{key} = {beta}: must be in [0, 1)");
             }
         }
-        if !(t.weight_decay >= 0.0) {
+        if t.weight_decay.is_nan() || t.weight_decay < 0.0 {
             bail!("train.weight_decay = {}: must be >= 0", t.weight_decay);
         }
-        if !(t.grad_clip > 0.0) {
+        if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
             bail!("train.grad_clip = {}: must be positive", t.grad_clip);
         }
         if self.eval.tokens < t.seq_len + 1 {

@@ -87,7 +87,11 @@ impl<B: Backend> CausalSelfAttention<B> {
 }
 
 /// `softmax(s Q K^T + causal mask) V`.
-pub fn causal_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [_, _, l, d] = q.dims();
     let causal = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &q.device()).unsqueeze::<4>();
     let scores = q.matmul(k.swap_dims(2, 3)) * scale(d);

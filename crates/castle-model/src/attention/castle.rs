@@ -78,7 +78,10 @@ impl<B: Backend> CastleAttention<B> {
         mode: CastleMode,
     ) -> (Tensor<B, 3>, UqKvCache<B>) {
         let h = self.heads(x, rope);
-        (self.attend_all(&h, mode), UqKvCache::prefill(&h, self.window))
+        (
+            self.attend_all(&h, mode),
+            UqKvCache::prefill(&h, self.window),
+        )
     }
 
     fn attend_all(&self, h: &CastleHeads<B>, mode: CastleMode) -> Tensor<B, 3> {

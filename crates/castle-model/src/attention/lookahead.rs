@@ -55,7 +55,10 @@ fn transpose<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// Theorem 1: `S_U = ((s Qc Vu^T) (.) Mc) (sigmoid(s Qu Ku^T) (.) Mu)^T`. O(L^3) time, the reference.
-pub fn lookahead_scores_naive<B: Backend>(h: &CastleHeads<B>, window: Option<usize>) -> Tensor<B, 4> {
+pub fn lookahead_scores_naive<B: Backend>(
+    h: &CastleHeads<B>,
+    window: Option<usize>,
+) -> Tensor<B, 4> {
     let [_, _, l, d] = h.qu.dims();
     let s = scale(d);
     let device = h.qu.device();
@@ -67,6 +70,8 @@ pub fn lookahead_scores_naive<B: Backend>(h: &CastleHeads<B>, window: Option<usi
 }
 
 /// The exact O(L^2 d) chunked form (spec section 3), one column block `J` of key owners at a time.
+/// The training path: on both CPU backends it measured faster than
+/// [`lookahead_scores_chunked_batched`] (see `docs/benchmarks.md`).
 ///
 /// For owners in block `J` and summed positions in blocks `K >= J`:
 /// `sig[J,K] = sigmoid(s Qu_J Ku_K^T) (.) Mu[J,K]`, `G[J,K] = Vu_K^T sig[J,K]^T`,
@@ -90,7 +95,10 @@ pub fn lookahead_scores_chunked<B: Backend>(
         if lp == l {
             x.clone()
         } else {
-            Tensor::cat(vec![x.clone(), Tensor::zeros([b, nh, lp - l, d], &device)], 2)
+            Tensor::cat(
+                vec![x.clone(), Tensor::zeros([b, nh, lp - l, d], &device)],
+                2,
+            )
         }
     };
     let (qu, ku, vu, qc) = (pad(&h.qu), pad(&h.ku), pad(&h.vu), pad(&h.qc_nope));
@@ -116,17 +124,25 @@ pub fn lookahead_scores_chunked<B: Backend>(
         let sig = (sigmoid(qu_j.matmul(transpose(ku_k)) * s) * mu_k)
             .reshape([b, nh, bs, nk, bs])
             .swap_dims(2, 3);
-        let vu_k = vu_blocks.clone().slice([0..b, 0..nh, j..k_end, 0..bs, 0..d]);
+        let vu_k = vu_blocks
+            .clone()
+            .slice([0..b, 0..nh, j..k_end, 0..bs, 0..d]);
         let g = sig.clone().matmul(vu_k); // G[J,K]^T: [b, nh, K, bs, d]
         let g_inclusive = g.cumsum(2);
         // C[J,I]^T for I in the band: the exclusive prefix sum, shifted (not `inclusive - G`,
         // whose rounding would let a later block touch earlier outputs).
         let mut c = vec![Tensor::zeros([b, nh, 1, bs, d], &device)];
         if nk > 1 {
-            c.push(g_inclusive.clone().slice([0..b, 0..nh, 0..nk - 1, 0..bs, 0..d]));
+            c.push(
+                g_inclusive
+                    .clone()
+                    .slice([0..b, 0..nh, 0..nk - 1, 0..bs, 0..d]),
+            );
         }
         let c = Tensor::cat(c, 2);
-        let qc_i = qc_blocks.clone().slice([0..b, 0..nh, j..k_end, 0..bs, 0..d]);
+        let qc_i = qc_blocks
+            .clone()
+            .slice([0..b, 0..nh, j..k_end, 0..bs, 0..d]);
         let diag_i = diag.clone().slice([0..b, 0..nh, j..k_end, 0..bs, 0..bs]);
         let in_band = qc_i.matmul(transpose(c)) * s + diag_i.matmul(transpose(sig));
         let mut column = vec![];
@@ -144,6 +160,74 @@ pub fn lookahead_scores_chunked<B: Backend>(
         columns.push(Tensor::cat(column, 2));
     }
     Tensor::cat(columns, 3).slice([0..b, 0..nh, 0..l, 0..l])
+}
+
+/// The exact chunked form (spec section 3) with every block pair in one batched product. Same
+/// algebra as [`lookahead_scores_chunked`], but instead of a loop over
+/// the `N` owner blocks (about a dozen small tensor ops each, and as many again in the backward
+/// pass) it runs a fixed handful of large ops over all `(J, K)` block pairs at once:
+///
+/// - `sig = sigmoid(s Qu Ku^T) (.) Mu`, `[L, L]`, viewed as blocks `[J, K, i, j]`;
+/// - `G[J,K]^T = sig[J,K] Vu_K`, `[J, K, B, d]` (`L^2 d / B` numbers, the spec's `C` size);
+/// - `C[J,I]^T = sum_{K<I} G[J,K]^T`: an inclusive cumulative sum over `K`, shifted one block
+///   (not `inclusive - G`, whose rounding would let a later block touch earlier outputs);
+/// - `S_U[I,J] = s Qc_I C[J,I] + ((s Qc_I Vu_I^T) (.) Mc[I,I]) sig[J,I]^T`.
+///
+/// Pairs with `I < J` (and, under a window, `K` past the band) are computed too and come out
+/// exactly zero (the masks zero `sig` there), so the products are dense: about `6 L^2 d + 2 L^2 B`
+/// FLOPs forward against the loop's `3 L^2 d + L^2 B`, in exchange for far fewer passes.
+/// No buffer is larger than `max(L^2, L^2 d / B)` per head. Measured slower than the loop on
+/// both CPU backends (the dense 6-d products, permutes and strided cumsum cost more than the
+/// loop's small ops saved); kept, tested, as the starting point of a fused kernel.
+pub fn lookahead_scores_chunked_batched<B: Backend>(
+    h: &CastleHeads<B>,
+    window: Option<usize>,
+    block: usize,
+) -> Tensor<B, 4> {
+    let [b, nh, l, d] = h.qu.dims();
+    let s = scale(d);
+    let device = h.qu.device();
+    let bs = block.clamp(1, l);
+    let n = l.div_ceil(bs);
+    let lp = n * bs;
+    let pad = |x: &Tensor<B, 4>| {
+        if lp == l {
+            x.clone()
+        } else {
+            Tensor::cat(
+                vec![x.clone(), Tensor::zeros([b, nh, lp - l, d], &device)],
+                2,
+            )
+        }
+    };
+    let (qu, ku, vu, qc) = (pad(&h.qu), pad(&h.ku), pad(&h.vu), pad(&h.qc_nope));
+    let mu = position_mask::<B>(lp, lp, |i, j| in_lookahead(i, j, window), &device);
+    // sig[J,K] for every block pair: [b, nh, J, K, owner i, position j].
+    let sig = (sigmoid(qu.matmul(transpose(ku)) * s) * mu.unsqueeze::<4>())
+        .reshape([b, nh, n, bs, n, bs])
+        .swap_dims(3, 4);
+    let vu = vu.reshape([b, nh, 1, n, bs, d]);
+    let qc = qc.reshape([b, nh, 1, n, bs, d]);
+    let g = sig.clone().matmul(vu.clone()); // G[J,K]^T: [b, nh, J, K, bs, d]
+    let c = if n > 1 {
+        let inclusive = g
+            .cumsum(3)
+            .slice([0..b, 0..nh, 0..n, 0..n - 1, 0..bs, 0..d]);
+        Tensor::cat(
+            vec![Tensor::zeros([b, nh, n, 1, bs, d], &device), inclusive],
+            3,
+        )
+    } else {
+        Tensor::zeros([b, nh, 1, 1, bs, d], &device)
+    }; // C[J,I]^T: [b, nh, J, I, bs, d]
+    let mc = position_mask::<B>(bs, bs, |t, j| j <= t, &device);
+    // (s Qc_I Vu_I^T) (.) Mc[I,I]: [b, nh, 1, I, t, j].
+    let diag = qc.clone().matmul(transpose(vu)) * s * mc.unsqueeze::<6>();
+    // S_U[I,J] laid out [b, nh, J, I, t, i].
+    let su = qc.matmul(transpose(c)) * s + diag.matmul(transpose(sig));
+    su.permute([0, 1, 3, 4, 2, 5])
+        .reshape([b, nh, lp, lp])
+        .slice([0..b, 0..nh, 0..l, 0..l])
 }
 
 /// Eq. 5-8: `softmax_i( s qC_t . kC_i - SiLU(S_U[t,i]) ) vC`, causal over `i <= t`.

@@ -27,7 +27,10 @@ pub(crate) fn split_heads<B: Backend>(
     let d = width / (parts * heads);
     let y = y.reshape([b, l, parts * heads, d]).swap_dims(1, 2);
     (0..parts)
-        .map(|p| y.clone().slice([0..b, p * heads..(p + 1) * heads, 0..l, 0..d]))
+        .map(|p| {
+            y.clone()
+                .slice([0..b, p * heads..(p + 1) * heads, 0..l, 0..d])
+        })
         .collect()
 }
 

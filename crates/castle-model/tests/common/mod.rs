@@ -3,7 +3,8 @@
 
 use burn::prelude::*;
 use castle_model::attention::lookahead::{
-    attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads, UqKvCache,
+    attend, lookahead_scores_chunked, lookahead_scores_chunked_batched, lookahead_scores_naive,
+    CastleHeads, UqKvCache,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,7 +28,10 @@ pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
 
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 /// The seven per-head inputs as flat `[b, h, l, d]` vectors, in `CastleHeads` field order.
@@ -162,6 +166,8 @@ pub fn reference_output(x: &RawHeads, window: Option<usize>) -> Vec<f64> {
 pub enum Path {
     Naive,
     Chunked(usize),
+    /// The all-block-pairs batched version of the chunked form.
+    ChunkedBatched(usize),
     /// Prefill this many positions, then decode the rest one at a time.
     Cached(usize),
 }
@@ -177,6 +183,10 @@ pub fn run_path<B: Backend>(x: &RawHeads, window: Option<usize>, path: Path) -> 
         Path::Chunked(block) => {
             let h = x.to_tensors::<B>(&device);
             attend(&h, lookahead_scores_chunked(&h, window, block))
+        }
+        Path::ChunkedBatched(block) => {
+            let h = x.to_tensors::<B>(&device);
+            attend(&h, lookahead_scores_chunked_batched(&h, window, block))
         }
         Path::Cached(prefill) => {
             let prompt: CastleHeads<B> = x.positions(0..prefill, &device);
@@ -200,6 +210,7 @@ pub fn cases() -> Vec<(usize, Option<usize>, Path)> {
             cases.push((l, window, Path::Naive));
             for block in [1, 3, 16, 64] {
                 cases.push((l, window, Path::Chunked(block)));
+                cases.push((l, window, Path::ChunkedBatched(block)));
             }
             for prefill in [1, l.div_ceil(2), l] {
                 cases.push((l, window, Path::Cached(prefill)));
@@ -221,7 +232,6 @@ pub fn check_against_reference<B: Backend>(tolerance: f64, batch: usize, heads: 
         );
     }
 }
-
 
 /// A tiny model of the given kind: 2 layers, d_model 32, 4 baseline heads of dimension 8.
 pub fn tiny_config(kind: castle_model::AttentionKind) -> castle_model::ModelConfig {
