@@ -1,0 +1,271 @@
+//! Sampling: prefill the prompt, then one cached `decode` step per new token. The KV cache
+//! (baseline) appends a row per token; CASTLE's UQ-KV cache also rewrites the lookahead rows
+//! `U` of earlier positions at every step (under SWL only the last `W` of them).
+//! [`generate_uncached`] recomputes the whole sequence at every step instead, as a reference.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::prelude::*;
+use castle_model::CastleLm;
+
+/// SplitMix64: a small, seedable generator, so a seed gives the same text everywhere.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// How the next token is drawn from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingOptions {
+    /// 0 picks the most likely token (greedy).
+    pub temperature: f64,
+    /// Sample among the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// Index of the largest value (the first of equals).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Draws a token from `logits` (greedy when the temperature is 0).
+pub fn sample(logits: &[f32], options: &SamplingOptions, rng: &mut Rng) -> usize {
+    if options.temperature <= 0.0 || options.top_k == 1 {
+        return argmax(logits);
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if options.top_k > 0 {
+        order.truncate(options.top_k);
+    }
+    let top = logits[order[0]] as f64;
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / options.temperature).exp())
+        .collect();
+    let mut r = rng.next_f64() * weights.iter().sum::<f64>();
+    for (&i, w) in order.iter().zip(&weights) {
+        if r < *w {
+            return i;
+        }
+        r -= w;
+    }
+    order[order.len() - 1]
+}
+
+/// What [`generate`] did and how fast.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Prompt tokens as fed to the model.
+    pub prompt_tokens: usize,
+    /// Generated token ids (the final `<|endoftext|>` excluded).
+    pub tokens: Vec<u32>,
+    /// Whether generation stopped at `<|endoftext|>`.
+    pub stopped_at_eot: bool,
+    pub prefill_s: f64,
+    /// Seconds spent producing the generated tokens after the prefill.
+    pub decode_s: f64,
+}
+
+impl Generation {
+    /// Generated tokens per second, prefill included.
+    pub fn tokens_per_s(&self) -> f64 {
+        let n = self.tokens.len() + usize::from(self.stopped_at_eot);
+        n as f64 / (self.prefill_s + self.decode_s).max(1e-9)
+    }
+}
+
+/// The number of new tokens that fit: errors if the prompt alone exceeds the context, and
+/// caps `max_new_tokens` to the rest of it (with a warning).
+pub fn fit_to_context(
+    prompt_len: usize,
+    max_new_tokens: usize,
+    max_seq_len: usize,
+) -> Result<usize> {
+    if prompt_len == 0 {
+        bail!("the prompt is empty");
+    }
+    if prompt_len > max_seq_len {
+        bail!(
+            "the prompt is {prompt_len} tokens, longer than the model's context of {max_seq_len} tokens (model.max_seq_len); shorten it"
+        );
+    }
+    let room = max_seq_len - prompt_len;
+    if max_new_tokens > room {
+        tracing::warn!(
+            "--max-new-tokens {max_new_tokens} capped to {room}: prompt ({prompt_len} tokens) plus generation must fit the model's context of {max_seq_len} tokens"
+        );
+    }
+    Ok(max_new_tokens.min(room))
+}
+
+fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
+    let [b, l, v] = logits.dims();
+    logits
+        .slice([0..b, l - 1..l, 0..v])
+        .into_data()
+        .iter::<f32>()
+        .collect()
+}
+
+fn token_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let n = ids.len();
+    Tensor::from_data(TensorData::new(ids, [1, n]), device)
+}
+
+/// Generates up to `max_new_tokens` after `prompt` with the model's decoding cache, calling
+/// `on_token` with each new id. Stops after `eot` (when given). The prompt plus the new tokens
+/// must fit `model.max_seq_len` (see [`fit_to_context`]).
+pub fn generate<B: Backend>(
+    model: &CastleLm<B>,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    eot: Option<u32>,
+    options: &SamplingOptions,
+    device: &B::Device,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, model.config.max_seq_len)?;
+    let mut rng = Rng::new(options.seed);
+    let mut out = Generation {
+        prompt_tokens: prompt.len(),
+        tokens: vec![],
+        stopped_at_eot: false,
+        prefill_s: 0.0,
+        decode_s: 0.0,
+    };
+    if max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let start = Instant::now();
+    let (logits, mut cache) = model.prefill(token_tensor::<B>(prompt, device));
+    let mut next = sample(&last_logits(logits), options, &mut rng) as u32;
+    out.prefill_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    loop {
+        if Some(next) == eot {
+            out.stopped_at_eot = true;
+            break;
+        }
+        out.tokens.push(next);
+        on_token(next);
+        if out.tokens.len() == max_new_tokens {
+            break;
+        }
+        let logits = model.decode(token_tensor::<B>(&[next], device), &mut cache);
+        next = sample(&last_logits(logits), options, &mut rng) as u32;
+    }
+    out.decode_s = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// [`generate`] without a cache: a full `forward` over the prompt and everything generated so
+/// far for every new token. Same arguments, same tokens (up to floating-point ties).
+pub fn generate_uncached<B: Backend>(
+    model: &CastleLm<B>,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    eot: Option<u32>,
+    options: &SamplingOptions,
+    device: &B::Device,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, model.config.max_seq_len)?;
+    let mut rng = Rng::new(options.seed);
+    let mut sequence = prompt.to_vec();
+    let mut out = Generation {
+        prompt_tokens: prompt.len(),
+        tokens: vec![],
+        stopped_at_eot: false,
+        prefill_s: 0.0,
+        decode_s: 0.0,
+    };
+    let start = Instant::now();
+    while out.tokens.len() < max_new_tokens {
+        let logits = model.forward(token_tensor::<B>(&sequence, device));
+        let next = sample(&last_logits(logits), options, &mut rng) as u32;
+        if Some(next) == eot {
+            out.stopped_at_eot = true;
+            break;
+        }
+        sequence.push(next);
+        out.tokens.push(next);
+        on_token(next);
+    }
+    out.decode_s = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Turns a growing list of token ids into text increments: decodes the whole list each time
+/// and hands out the new suffix, holding back an incomplete UTF-8 character (shown as U+FFFD
+/// by the byte-level decoder) until its remaining bytes arrive.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TextStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `id` and returns the text that became final.
+    pub fn push(&mut self, id: u32, decode: impl Fn(&[u32]) -> Result<String>) -> Result<String> {
+        self.ids.push(id);
+        let text = decode(&self.ids)?;
+        let stable = text.trim_end_matches('\u{FFFD}');
+        Ok(self.take(stable))
+    }
+
+    /// Whatever is left, incomplete characters included.
+    pub fn finish(&mut self, decode: impl Fn(&[u32]) -> Result<String>) -> Result<String> {
+        let text = decode(&self.ids)?;
+        Ok(self.take(&text))
+    }
+
+    fn take(&mut self, text: &str) -> String {
+        if text.len() <= self.printed || !text.is_char_boundary(self.printed) {
+            return String::new();
+        }
+        let new = text[self.printed..].to_string();
+        self.printed = text.len();
+        new
+    }
+}

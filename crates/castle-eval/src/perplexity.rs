@@ -1,0 +1,118 @@
+//! Perplexity over fixed windows: the run's validation split (the trainer's exact windows) or
+//! any documents, tokenized with the checkpoint's tokenizer.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use castle_data::{read_documents, validation_windows, InputFormat, Tok};
+use castle_model::CastleLm;
+use castle_train::checkpoint::Checkpoint;
+
+/// Windows of `seq_len + 1` tokens at `0, seq_len, 2 seq_len, ...`, as many as fit while the
+/// predicted tokens stay within `max_tokens`: [`castle_data::validation_windows`] on a slice.
+pub fn windows(tokens: &[u32], seq_len: usize, max_tokens: usize) -> Vec<Vec<u32>> {
+    if seq_len == 0 || tokens.len() < seq_len + 1 {
+        return vec![];
+    }
+    let count = ((tokens.len() - 1) / seq_len).min(max_tokens / seq_len);
+    (0..count)
+        .map(|i| tokens[i * seq_len..i * seq_len + seq_len + 1].to_vec())
+        .collect()
+}
+
+/// Each document's tokens followed by `<|endoftext|>`, as the data pipeline writes shards.
+pub fn document_tokens(tok: &Tok, docs: &[String]) -> Result<Vec<u32>> {
+    let mut tokens = vec![];
+    for chunk in docs.chunks(256) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        for ids in tok.encode_batch(&texts)? {
+            tokens.extend(ids);
+            tokens.push(tok.eot_id());
+        }
+    }
+    Ok(tokens)
+}
+
+/// Where the evaluated tokens come from.
+#[derive(Debug, Clone)]
+pub enum Source<'a> {
+    /// The run's validation split, from its `[data]` config (prepared if missing).
+    Validation,
+    /// Documents under a file or folder.
+    Documents {
+        path: &'a Path,
+        format: InputFormat,
+        text_field: &'a str,
+    },
+}
+
+/// Windows to evaluate and a description of where they came from.
+pub fn load_windows(
+    ckpt: &Checkpoint,
+    tok: &Tok,
+    source: &Source,
+    seq_len: usize,
+    max_tokens: Option<usize>,
+) -> Result<(Vec<Vec<u32>>, String)> {
+    let config = &ckpt.config;
+    let (windows, what) = match source {
+        Source::Validation => {
+            let data = castle_data::prepare(&config.data).with_context(|| {
+                format!(
+                    "cannot open the run's validation data (data.dir {}); run castle-eval from the directory the run was started in, or pass --data",
+                    config.data.out_dir().display()
+                )
+            })?;
+            if data.tokenizer.hash_hex() != ckpt.state.tokenizer_sha256 {
+                bail!(
+                    "the prepared data in {} uses tokenizer sha256 {}, but {} was trained with {}; pass --data to evaluate on raw documents",
+                    data.dir.display(),
+                    data.tokenizer.hash_hex(),
+                    ckpt.dir.display(),
+                    ckpt.state.tokenizer_sha256
+                );
+            }
+            let max = max_tokens.unwrap_or(config.eval.tokens);
+            (
+                validation_windows(&data.val, seq_len, max),
+                format!("validation split of {}", data.dir.display()),
+            )
+        }
+        Source::Documents {
+            path,
+            format,
+            text_field,
+        } => {
+            let docs = read_documents(path, *format, text_field)?;
+            let tokens = document_tokens(tok, &docs)?;
+            tracing::info!(
+                documents = docs.len(),
+                tokens = tokens.len(),
+                "read {}",
+                path.display()
+            );
+            (
+                windows(&tokens, seq_len, max_tokens.unwrap_or(usize::MAX)),
+                path.display().to_string(),
+            )
+        }
+    };
+    if windows.is_empty() {
+        bail!(
+            "{what}: not enough tokens for one window of seq_len + 1 = {} (and --tokens must be at least seq_len = {seq_len})",
+            seq_len + 1
+        );
+    }
+    Ok((windows, what))
+}
+
+/// Token-weighted mean loss over `windows`: the trainer's validation computation.
+pub fn mean_loss<B: Backend>(
+    model: &CastleLm<B>,
+    windows: &[Vec<u32>],
+    batch_size: usize,
+    device: &B::Device,
+) -> f64 {
+    castle_train::validation::mean_loss(model, windows, batch_size.max(1), device)
+}
