@@ -49,6 +49,7 @@ pub fn curves(results: &[CellResult]) -> Result<String> {
             .configure_mesh()
             .x_desc("tokens")
             .y_desc("validation loss")
+            .x_label_formatter(&|t| format!("{:.0}k", t / 1e3))
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         for r in results {
@@ -102,6 +103,8 @@ pub fn scaling(results: &[CellResult]) -> Result<String> {
         chart
             .configure_mesh()
             .x_desc("non-embedding parameters")
+            .x_labels(6)
+            .x_label_formatter(&|p| format!("{:.1}M", p / 1e6))
             .y_desc("final validation loss (mean over seeds)")
             .draw()
             .map_err(|e| anyhow!("{e}"))?;

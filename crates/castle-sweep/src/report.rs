@@ -145,6 +145,22 @@ pub fn markdown(results: &[CellResult]) -> String {
                 kinds[0].0, kinds[1].0
             );
         }
+        if let Some(base) = kinds.iter().find(|k| k.0 == "baseline") {
+            for k in kinds.iter().filter(|k| k.0 != "baseline") {
+                let diff = k.1 - base.1;
+                let spread = k.2.max(base.2);
+                let verdict = if diff.abs() > spread {
+                    "beyond"
+                } else {
+                    "within"
+                };
+                let _ = write!(
+                    s,
+                    "; {} - baseline = {diff:+.4} ({verdict} the seed spread {spread:.4})",
+                    k.0
+                );
+            }
+        }
         s.push('\n');
     }
     s
