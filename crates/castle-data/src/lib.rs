@@ -5,6 +5,7 @@
 //! format and for using other corpora.
 
 mod atomic;
+pub mod cli;
 pub mod config;
 pub mod corpus;
 pub mod prepare;
