@@ -69,28 +69,38 @@ pub fn csv(results: &[CellResult]) -> String {
     s
 }
 
-/// Mean and spread (max - min) of the final validation loss over seeds, per (size, kind).
-pub fn by_kind(results: &[CellResult], size: &str) -> Vec<(String, f64, f64, usize)> {
-    let mut kinds: Vec<String> = vec![];
-    for r in results.iter().filter(|r| r.size == size) {
-        if !kinds.contains(&r.kind) {
-            kinds.push(r.kind.clone());
+/// Distinct values in order of first appearance.
+pub fn first_seen<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = vec![];
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
         }
     }
-    kinds
-        .into_iter()
-        .map(|kind| {
-            let losses: Vec<f64> = results
-                .iter()
-                .filter(|r| r.size == size && r.kind == kind)
-                .map(|r| r.summary.final_val_loss)
-                .collect();
-            let mean = losses.iter().sum::<f64>() / losses.len() as f64;
-            let spread = losses.iter().cloned().fold(f64::MIN, f64::max)
-                - losses.iter().cloned().fold(f64::MAX, f64::min);
-            (kind, mean, spread, losses.len())
-        })
-        .collect()
+    out
+}
+
+/// Mean and spread (max - min) of the final validation loss over seeds, per (size, kind).
+pub fn by_kind(results: &[CellResult], size: &str) -> Vec<(String, f64, f64, usize)> {
+    first_seen(
+        results
+            .iter()
+            .filter(|r| r.size == size)
+            .map(|r| r.kind.as_str()),
+    )
+    .into_iter()
+    .map(|kind| {
+        let losses: Vec<f64> = results
+            .iter()
+            .filter(|r| r.size == size && r.kind == kind)
+            .map(|r| r.summary.final_val_loss)
+            .collect();
+        let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+        let spread = losses.iter().cloned().fold(f64::MIN, f64::max)
+            - losses.iter().cloned().fold(f64::MAX, f64::min);
+        (kind.to_string(), mean, spread, losses.len())
+    })
+    .collect()
 }
 
 pub fn markdown(results: &[CellResult]) -> String {
@@ -114,12 +124,7 @@ pub fn markdown(results: &[CellResult]) -> String {
             r.tokens_per_s
         );
     }
-    let mut sizes: Vec<&str> = vec![];
-    for r in results {
-        if !sizes.contains(&r.size.as_str()) {
-            sizes.push(&r.size);
-        }
-    }
+    let sizes = first_seen(results.iter().map(|r| r.size.as_str()));
     s.push_str(
         "\nPer size: mean final validation loss over seeds (spread = max - min between seeds).\n\n",
     );

@@ -54,6 +54,22 @@ fn transpose<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.swap_dims(D - 2, D - 1)
 }
 
+/// Block size (at most `len`) and number of blocks covering `len` positions.
+fn blocking(len: usize, block: usize) -> (usize, usize) {
+    let bs = block.clamp(1, len);
+    (bs, len.div_ceil(bs))
+}
+
+/// `x: [b, h, len, d]` zero-padded to `padded_len` positions (zero `Vu` rows add nothing).
+fn pad_to<B: Backend>(x: &Tensor<B, 4>, padded_len: usize) -> Tensor<B, 4> {
+    let [b, h, l, d] = x.dims();
+    if padded_len == l {
+        return x.clone();
+    }
+    let zeros = Tensor::zeros([b, h, padded_len - l, d], &x.device());
+    Tensor::cat(vec![x.clone(), zeros], 2)
+}
+
 /// Theorem 1: `S_U = ((s Qc Vu^T) (.) Mc) (sigmoid(s Qu Ku^T) (.) Mu)^T`. O(L^3) time, the reference.
 pub fn lookahead_scores_naive<B: Backend>(
     h: &CastleHeads<B>,
@@ -88,20 +104,9 @@ pub fn lookahead_scores_chunked<B: Backend>(
     let [b, nh, l, d] = h.qu.dims();
     let s = scale(d);
     let device = h.qu.device();
-    let bs = block.clamp(1, l);
-    let n = l.div_ceil(bs);
+    let (bs, n) = blocking(l, block);
     let lp = n * bs;
-    let pad = |x: &Tensor<B, 4>| {
-        if lp == l {
-            x.clone()
-        } else {
-            Tensor::cat(
-                vec![x.clone(), Tensor::zeros([b, nh, lp - l, d], &device)],
-                2,
-            )
-        }
-    };
-    let (qu, ku, vu, qc) = (pad(&h.qu), pad(&h.ku), pad(&h.vu), pad(&h.qc_nope));
+    let [qu, ku, vu, qc] = [&h.qu, &h.ku, &h.vu, &h.qc_nope].map(|x| pad_to(x, lp));
     let blocks = |x: &Tensor<B, 4>| x.clone().reshape([b, nh, n, bs, d]);
     let (vu_blocks, qc_blocks) = (blocks(&vu), blocks(&qc));
 
@@ -187,20 +192,9 @@ pub fn lookahead_scores_chunked_batched<B: Backend>(
     let [b, nh, l, d] = h.qu.dims();
     let s = scale(d);
     let device = h.qu.device();
-    let bs = block.clamp(1, l);
-    let n = l.div_ceil(bs);
+    let (bs, n) = blocking(l, block);
     let lp = n * bs;
-    let pad = |x: &Tensor<B, 4>| {
-        if lp == l {
-            x.clone()
-        } else {
-            Tensor::cat(
-                vec![x.clone(), Tensor::zeros([b, nh, lp - l, d], &device)],
-                2,
-            )
-        }
-    };
-    let (qu, ku, vu, qc) = (pad(&h.qu), pad(&h.ku), pad(&h.vu), pad(&h.qc_nope));
+    let [qu, ku, vu, qc] = [&h.qu, &h.ku, &h.vu, &h.qc_nope].map(|x| pad_to(x, lp));
     let mu = position_mask::<B>(lp, lp, |i, j| in_lookahead(i, j, window), &device);
     // sig[J,K] for every block pair: [b, nh, J, K, owner i, position j].
     let sig = (sigmoid(qu.matmul(transpose(ku)) * s) * mu.unsqueeze::<4>())
