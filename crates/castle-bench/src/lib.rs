@@ -16,15 +16,13 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Distribution;
 use castle_model::attention::baseline::causal_attention;
 use castle_model::attention::lookahead::{
-    attend, lookahead_scores_chunked, lookahead_scores_chunked_batched, lookahead_scores_naive,
-    CastleHeads,
+    attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads,
 };
 use castle_model::lm::token_nll;
-use castle_model::{AttentionKind, CastleLm, ModelConfig};
+use castle_model::{AttentionBackend, AttentionKind, CastleLm, ModelConfig, TrainBackend};
 
 /// The CPU backends compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +74,12 @@ pub struct Options {
     pub reps: usize,
     /// Head dimension of table 1.
     pub head_dim: usize,
-    /// Block sizes tried for the chunked forms; the best is reported.
+    /// Block sizes tried for the fused kernels; the best is reported.
     pub blocks: Vec<usize>,
     /// CASTLE-SWL's window.
     pub window: usize,
-    /// Also time the batched chunked form at this block size (an optimisation that did not pay).
-    pub batched_block: Option<usize>,
+    /// Also time the tensor-op chunked form (the path before the fused kernel) at this block size.
+    pub chunked_block: Option<usize>,
     /// Baseline heads at parity (CASTLE gets `round(4/7 x)`).
     pub parity_heads: usize,
     /// Side of the square matrix product that measures the machine's matmul rate.
@@ -104,16 +102,17 @@ impl Options {
             head_dim: 64,
             blocks: vec![32, 64, 128],
             window: 128,
-            batched_block: Some(64),
+            chunked_block: Some(64),
             parity_heads: 4,
             matmul_size: 1024,
+            // configs/small.toml
             model: ModelShape {
                 layers: 4,
-                d_model: 256,
+                d_model: 128,
                 heads: 4,
-                head_dim: 64,
-                seq_len: 256,
-                batch: 8,
+                head_dim: 32,
+                seq_len: 128,
+                batch: 16,
                 vocab: 4096,
                 block_size: 64,
             },
@@ -131,7 +130,7 @@ impl Options {
             head_dim: 16,
             blocks: vec![16, 32],
             window: 32,
-            batched_block: Some(16),
+            chunked_block: Some(16),
             matmul_size: 128,
             model: ModelShape {
                 layers: 1,
@@ -188,84 +187,110 @@ fn measure(f: impl FnOnce()) -> (f64, usize) {
 /// One attention computation of table 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
+    /// Causal softmax attention in burn tensor ops.
     Baseline,
+    /// The fused causal softmax kernel (`castle_model::kernels`).
+    BaselineFused { block: usize },
+    /// CASTLE by Theorem 1 in burn tensor ops, O(L^3).
     Naive,
-    Chunked {
-        block: usize,
-    },
-    Swl {
-        block: usize,
-    },
-    /// `lookahead_scores_chunked_batched`, the first per-block-loop version (for the log).
-    ChunkedBatched {
-        block: usize,
-    },
+    /// CASTLE's chunked form in burn tensor ops: the training path before the fused kernel.
+    Chunked { block: usize },
+    /// The fused CASTLE kernel.
+    Fused { block: usize },
+    /// The fused CASTLE-SWL kernel.
+    SwlFused { block: usize },
 }
 
 impl Form {
     fn name(self) -> &'static str {
         match self {
-            Self::Baseline => "baseline",
-            Self::Naive => "castle naive",
-            Self::Chunked { .. } => "castle chunked",
-            Self::Swl { .. } => "castle-swl chunked",
-            Self::ChunkedBatched { .. } => "castle chunked (batched)",
+            Self::Baseline => "baseline (tensor ops)",
+            Self::BaselineFused { .. } => "baseline fused",
+            Self::Naive => "castle naive (tensor ops)",
+            Self::Chunked { .. } => "castle chunked (tensor ops)",
+            Self::Fused { .. } => "castle fused",
+            Self::SwlFused { .. } => "castle-swl fused",
         }
     }
 
     fn block(self) -> Option<usize> {
         match self {
-            Self::Chunked { block } | Self::Swl { block } | Self::ChunkedBatched { block } => {
-                Some(block)
-            }
-            _ => None,
+            Self::BaselineFused { block }
+            | Self::Chunked { block }
+            | Self::Fused { block }
+            | Self::SwlFused { block } => Some(block),
+            Self::Baseline | Self::Naive => None,
         }
     }
-}
 
-/// Multiply-add FLOPs (2 per multiply-add) of the matrix products one head's forward pass of
-/// `form` executes, as the code computes them (dense, masked entries included). Backward
-/// executes twice this (two products per product), so forward + backward is 3x.
-pub fn forward_flops(form: Form, l: usize, d: usize, window: usize) -> f64 {
-    let (lf, df) = (l as f64, d as f64);
-    let attend = 4.0 * lf * lf * df; // two L x L x d products: scores and P V
-    match form {
-        Form::Baseline => attend,
-        // Qc Vu^T, Qu Ku^T (2 L^2 d each), A B^T (2 L^3), then attend.
-        Form::Naive => attend + 4.0 * lf * lf * df + 2.0 * lf * lf * lf,
-        Form::Chunked { block } => attend + chunked_lookahead_flops(l, d, block, None),
-        Form::Swl { block } => attend + chunked_lookahead_flops(l, d, block, Some(window)),
-        Form::ChunkedBatched { block } => attend + batched_lookahead_flops(l, d, block),
+    fn is_baseline(self) -> bool {
+        matches!(self, Self::Baseline | Self::BaselineFused { .. })
+    }
+
+    /// Same kind of form, any block size.
+    fn same_kind(self, other: Form) -> bool {
+        std::mem::discriminant(&self) == std::mem::discriminant(&other)
     }
 }
 
-/// The products of `lookahead_scores_chunked_batched` (dense over all block pairs).
-fn batched_lookahead_flops(l: usize, d: usize, block: usize) -> f64 {
-    let bs = block.clamp(1, l);
-    let lp = (l.div_ceil(bs) * bs) as f64;
-    let (b, d) = (bs as f64, d as f64);
-    // sig, G, Qc C: 2 L^2 d each; diag: 2 L B d; diag sig^T: 2 L^2 B.
-    3.0 * 2.0 * lp * lp * d + 2.0 * lp * b * d + 2.0 * lp * lp * b
+/// `2 m k n`, the FLOPs of an `m x k` by `k x n` product.
+fn gemm_flops(m: usize, k: usize, n: usize) -> f64 {
+    2.0 * (m * k * n) as f64
 }
 
-/// The products of `lookahead_scores_chunked_batched`, loop by loop.
-fn chunked_lookahead_flops(l: usize, d: usize, block: usize, window: Option<usize>) -> f64 {
+/// FLOPs of the matrix products one head's forward + backward pass of `form` executes, as the
+/// code computes them: the tensor-op forms dense (masked entries included; backward = 2x
+/// forward), the fused kernels block by block (causally skipped blocks not counted).
+pub fn call_flops(form: Form, l: usize, d: usize, window: usize) -> f64 {
+    let attend = 2.0 * gemm_flops(l, d, l); // scores and P V
+    match form {
+        Form::Baseline => 3.0 * attend,
+        // Qc Vu^T, Qu Ku^T, A B^T, then attend.
+        Form::Naive => 3.0 * (attend + 2.0 * gemm_flops(l, d, l) + gemm_flops(l, l, l)),
+        Form::Chunked { block } => 3.0 * (attend + chunked_lookahead_flops(l, d, block)),
+        Form::BaselineFused { block } => fused_flops(l, d, block, None),
+        Form::Fused { block } => fused_flops(l, d, block, Some(None)),
+        Form::SwlFused { block } => fused_flops(l, d, block, Some(Some(window))),
+    }
+}
+
+/// The forward products of `lookahead_scores_chunked` (no window), loop by loop.
+fn chunked_lookahead_flops(l: usize, d: usize, block: usize) -> f64 {
     let bs = block.clamp(1, l);
     let n = l.div_ceil(bs);
-    let lp = n * bs;
-    let band = window.map_or(n, |w| (w.div_ceil(bs) + 1).min(n));
-    let (b, d) = (bs as f64, d as f64);
-    let mut flops = n as f64 * 2.0 * b * b * d; // diag
+    let mut flops = n as f64 * gemm_flops(bs, d, bs); // diag
     for j in 0..n {
-        let k_end = (j + band).min(n);
-        let nk = (k_end - j) as f64;
-        flops += 2.0 * b * nk * b * d; // sig
-        flops += 2.0 * nk * b * b * d; // G
-        flops += 2.0 * nk * b * b * d; // Qc C
-        flops += 2.0 * nk * b * b * b; // diag sig^T
-        if k_end < n {
-            flops += 2.0 * (lp - k_end * bs) as f64 * b * d; // Qc_rest C_all
-        }
+        let nk = n - j;
+        flops += gemm_flops(bs, d, nk * bs); // sig
+        flops += nk as f64 * (2.0 * gemm_flops(bs, bs, d) + gemm_flops(bs, bs, bs));
+        // G, Qc C, diag sig^T
+    }
+    flops
+}
+
+/// The products of the fused kernels, forward + backward; `lookahead` is `None` for the
+/// baseline, `Some(window)` for CASTLE (see `castle_model::kernels::lookahead` for the list).
+fn fused_flops(l: usize, d: usize, block: usize, lookahead: Option<Option<usize>>) -> f64 {
+    let bs = block.clamp(1, l);
+    let n = l.div_ceil(bs);
+    let pairs = (n * (n + 1) / 2) as f64; // block pairs I >= J
+    let pair = gemm_flops(bs, d, bs);
+    let cube = gemm_flops(bs, bs, bs);
+    // Softmax: scores and P V forward; scores, dP, dQ, dK, dV backward.
+    let mut flops = 7.0 * pairs * pair;
+    if let Some(window) = lookahead {
+        let band = (0..n)
+            .map(|j| {
+                (j..n)
+                    .take_while(|&k| window.is_none_or(|w| k * bs <= j * bs + bs - 1 + w))
+                    .count()
+            })
+            .sum::<usize>() as f64;
+        let strict = pairs - n as f64; // I > J
+        flops += 2.0 * n as f64 * pair // diag, forward and backward
+            + band * (4.0 * pair + cube) // forward: sig, C; backward: C, diag sig^T
+            + band * (6.0 * pair + 2.0 * cube) // backward per band pair
+            + strict * 3.0 * pair; // forward Qc C^T; backward R and D C
     }
     flops
 }
@@ -291,11 +316,11 @@ struct AttnInputs<B: Backend> {
     h: CastleHeads<B>,
 }
 
-fn random4<B: AutodiffBackend>(shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+fn random4<B: TrainBackend>(shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
     Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device).require_grad()
 }
 
-fn attn_inputs<B: AutodiffBackend>(
+fn attn_inputs<B: TrainBackend>(
     base_heads: usize,
     castle_heads: usize,
     l: usize,
@@ -321,15 +346,16 @@ fn attn_inputs<B: AutodiffBackend>(
 }
 
 /// Forward + backward of one form; the gradients are dropped at the end (all computed eagerly).
-fn attention_call<B: AutodiffBackend>(form: Form, x: &AttnInputs<B>, window: usize) {
+fn attention_call<B: TrainBackend>(form: Form, x: &AttnInputs<B>, window: usize) {
     let out = match form {
         Form::Baseline => causal_attention(x.q.clone(), x.k.clone(), x.v.clone()),
+        Form::BaselineFused { block } => {
+            B::causal_attention(x.q.clone(), x.k.clone(), x.v.clone(), block)
+        }
         Form::Naive => attend(&x.h, lookahead_scores_naive(&x.h, None)),
         Form::Chunked { block } => attend(&x.h, lookahead_scores_chunked(&x.h, None, block)),
-        Form::Swl { block } => attend(&x.h, lookahead_scores_chunked(&x.h, Some(window), block)),
-        Form::ChunkedBatched { block } => {
-            attend(&x.h, lookahead_scores_chunked_batched(&x.h, None, block))
-        }
+        Form::Fused { block } => B::castle_attention(&x.h, None, block),
+        Form::SwlFused { block } => B::castle_attention(&x.h, Some(window), block),
     };
     let device = out.device();
     let grads = out.sum().backward();
@@ -337,7 +363,7 @@ fn attention_call<B: AutodiffBackend>(form: Form, x: &AttnInputs<B>, window: usi
     drop(grads);
 }
 
-fn attention_table<B: AutodiffBackend>(
+fn attention_table<B: TrainBackend>(
     backend: BackendKind,
     opts: &Options,
     log: &mut dyn FnMut(&str),
@@ -353,10 +379,11 @@ fn attention_table<B: AutodiffBackend>(
         for &l in &opts.lengths {
             let x = attn_inputs::<B>(base_heads, castle_heads, l, d, &device);
             let mut forms = vec![Form::Baseline, Form::Naive];
-            forms.extend(opts.blocks.iter().map(|&block| Form::Chunked { block }));
-            forms.extend(opts.blocks.iter().map(|&block| Form::Swl { block }));
-            if let Some(block) = opts.batched_block {
-                forms.push(Form::ChunkedBatched { block });
+            forms.extend(opts.chunked_block.map(|block| Form::Chunked { block }));
+            for &block in &opts.blocks {
+                forms.push(Form::BaselineFused { block });
+                forms.push(Form::Fused { block });
+                forms.push(Form::SwlFused { block });
             }
             let mut times = vec![vec![]; forms.len()];
             let mut peaks = vec![vec![]; forms.len()];
@@ -371,7 +398,7 @@ fn attention_table<B: AutodiffBackend>(
                 }
             }
             for (i, &form) in forms.iter().enumerate() {
-                let heads = if form == Form::Baseline {
+                let heads = if form.is_baseline() {
                     base_heads
                 } else {
                     castle_heads
@@ -384,7 +411,7 @@ fn attention_table<B: AutodiffBackend>(
                     heads,
                     median_s: median(&times[i]),
                     peak_bytes: median_usize(&peaks[i]),
-                    flops: 3.0 * heads as f64 * forward_flops(form, l, d, opts.window),
+                    flops: heads as f64 * call_flops(form, l, d, opts.window),
                 };
                 log(&format!(
                     "  [{}] {setting} L={l} {}{}: {:.2} ms, {:.1} MiB",
@@ -481,14 +508,14 @@ fn random_tokens<B: Backend>(
     Tensor::from_data(TensorData::new(v, [b, l]), device)
 }
 
-struct Trainer<B: AutodiffBackend> {
+struct Trainer<B: TrainBackend> {
     kind: AttentionKind,
     config: ModelConfig,
     model: Option<CastleLm<B>>,
     optim: OptimizerAdaptor<AdamW, CastleLm<B>, B>,
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: TrainBackend> Trainer<B> {
     fn step(&mut self, tokens: &Tensor<B, 2, Int>, targets: &Tensor<B, 2, Int>) {
         let model = self.model.take().expect("model");
         let device = tokens.device();
@@ -499,7 +526,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-fn train_table<B: AutodiffBackend>(
+fn train_table<B: TrainBackend>(
     backend: BackendKind,
     opts: &Options,
     log: &mut dyn FnMut(&str),
@@ -586,7 +613,7 @@ pub struct DecodeResult {
     pub ideal_cache_bytes_per_token: usize,
 }
 
-fn decode_table<B: Backend>(
+fn decode_table<B: AttentionBackend>(
     backend: BackendKind,
     opts: &Options,
     log: &mut dyn FnMut(&str),
@@ -720,15 +747,11 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Report {
     report
 }
 
-fn best_chunked<'a>(rows: &[&'a AttnResult], swl: bool) -> Option<&'a AttnResult> {
+/// The fastest row of `form`'s kind (its best block size).
+fn best<'a>(rows: &[&'a AttnResult], form: Form) -> Option<&'a AttnResult> {
     rows.iter()
         .copied()
-        .filter(|r| {
-            matches!(
-                (r.form, swl),
-                (Form::Chunked { .. }, false) | (Form::Swl { .. }, true)
-            )
-        })
+        .filter(|r| r.form.same_kind(form))
         .min_by(|a, b| a.median_s.total_cmp(&b.median_s))
 }
 
@@ -771,10 +794,22 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
         let _ = writeln!(
             md,
             "Median of {} interleaved repetitions. Peak = heap above the inputs during the call \
-             (counting allocator). GFLOP = matrix-product FLOPs executed per call (dense, masked \
-             entries included; backward = 2x forward). Chunked rows show the best block size B of \
-             {:?}.\n",
-            opts.reps, opts.blocks
+             (counting allocator). GFLOP = matrix-product FLOPs executed per call, forward + \
+             backward: dense for the tensor-op forms (masked entries included), block by block \
+             for the fused kernels (blocks above the diagonal or outside the SWL band skipped). \
+             Fused rows show the best block size B of {:?}; the tensor-op chunked form runs at \
+             B = {}.\n",
+            opts.reps,
+            opts.blocks,
+            opts.chunked_block.map_or("-".into(), |b| b.to_string())
+        );
+        let (base, base_fused, naive, chunked, fused, swl) = (
+            Form::Baseline,
+            Form::BaselineFused { block: 0 },
+            Form::Naive,
+            Form::Chunked { block: 0 },
+            Form::Fused { block: 0 },
+            Form::SwlFused { block: 0 },
         );
         for &backend in &opts.backends {
             for setting in ["per head", "parity"] {
@@ -786,33 +821,27 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
                 if rows.is_empty() {
                     continue;
                 }
-                let heads =
-                    |f: fn(&Form) -> bool| rows.iter().find(|r| f(&r.form)).map_or(0, |r| r.heads);
+                let heads = |form: Form| best(&rows, form).map_or(0, |r| r.heads);
                 let _ = writeln!(
                     md,
                     "### `{}`, {setting} (baseline {} head(s), CASTLE {} head(s)); matmul rate {:.1} GFLOP/s\n",
                     backend.name(),
-                    heads(|f| *f == Form::Baseline),
-                    heads(|f| *f == Form::Naive),
+                    heads(base),
+                    heads(naive),
                     rate_of(backend)
                 );
                 let _ = writeln!(
                     md,
                     "| L | form | B | median ms | peak MiB | GFLOP/call | GFLOP/s |\n|---:|---|---:|---:|---:|---:|---:|"
                 );
-                let mut ratio_rows = vec![];
+                // Per L: the best row of every form.
+                let mut per_l = vec![];
                 for &l in &opts.lengths {
                     let at_l: Vec<&AttnResult> =
                         rows.iter().copied().filter(|r| r.l == l).collect();
-                    let base = at_l.iter().copied().find(|r| r.form == Form::Baseline);
-                    let naive = at_l.iter().copied().find(|r| r.form == Form::Naive);
-                    let chunked = best_chunked(&at_l, false);
-                    let swl = best_chunked(&at_l, true);
-                    let batched = at_l
-                        .iter()
-                        .copied()
-                        .find(|r| matches!(r.form, Form::ChunkedBatched { .. }));
-                    for r in [base, naive, chunked, swl, batched].into_iter().flatten() {
+                    let found =
+                        [base, base_fused, naive, chunked, fused, swl].map(|f| best(&at_l, f));
+                    for r in found.iter().flatten() {
                         let _ = writeln!(
                             md,
                             "| {l} | {} | {} | {:.2} | {:.1} | {:.3} | {:.1} |",
@@ -824,45 +853,51 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
                             r.flops / r.median_s / 1e9
                         );
                     }
-                    if let (Some(b), Some(n), Some(c), Some(s)) = (base, naive, chunked, swl) {
-                        ratio_rows.push((l, b, n, c, s));
-                    }
+                    per_l.push((l, found));
                 }
-                let _ = writeln!(md);
+                let ratio = |a: Option<&AttnResult>, b: Option<&AttnResult>| match (a, b) {
+                    (Some(a), Some(b)) => a.median_s / b.median_s,
+                    _ => f64::NAN,
+                };
                 let _ = writeln!(
                     md,
-                    "| L | naive/chunked (speed-up) | chunked/baseline | swl/baseline | chunked peak / baseline peak | batched/chunked |\n|---:|---:|---:|---:|---:|---:|"
+                    "\n| L | naive/fused (speed-up) | fused/baseline fused | swl fused/baseline fused | fused peak / baseline fused peak | chunked/fused (old/new) | baseline/baseline fused (old/new) | fused/baseline (tensor ops) |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
                 );
-                for (l, b, n, c, s) in &ratio_rows {
-                    let batched = rows
-                        .iter()
-                        .find(|r| r.l == *l && matches!(r.form, Form::ChunkedBatched { .. }))
-                        .map_or(f64::NAN, |r| r.median_s / c.median_s);
+                for (l, [b, bf, n, c, f, s]) in &per_l {
+                    let peak = match (f, bf) {
+                        (Some(f), Some(bf)) => f.peak_bytes as f64 / bf.peak_bytes.max(1) as f64,
+                        _ => f64::NAN,
+                    };
                     let _ = writeln!(
                         md,
-                        "| {l} | {:.2} | {:.2} | {:.2} | {:.2} | {batched:.2} |",
-                        n.median_s / c.median_s,
-                        c.median_s / b.median_s,
-                        s.median_s / b.median_s,
-                        c.peak_bytes as f64 / b.peak_bytes.max(1) as f64
+                        "| {l} | {:.2} | {:.2} | {:.2} | {peak:.2} | {:.2} | {:.2} | {:.2} |",
+                        ratio(*n, *f),
+                        ratio(*f, *bf),
+                        ratio(*s, *bf),
+                        ratio(*c, *f),
+                        ratio(*b, *bf),
+                        ratio(*f, *b)
                     );
                 }
                 let _ = writeln!(md);
-                // Block-size sweep.
-                let _ = write!(md, "Block-size sweep, median ms:");
+                // Block-size sweep of the fused kernels.
                 let _ = writeln!(
                     md,
-                    "\n\n| L |{}\n|---:|{}",
+                    "Block-size sweep of the fused kernels, median ms:\n\n| L |{}\n|---:|{}",
                     opts.blocks
                         .iter()
-                        .map(|b| format!(" chunked B={b} | swl B={b} |"))
+                        .map(|b| format!(" baseline B={b} | castle B={b} | swl B={b} |"))
                         .collect::<String>(),
-                    "---:|---:|".repeat(opts.blocks.len())
+                    "---:|---:|---:|".repeat(opts.blocks.len())
                 );
                 for &l in &opts.lengths {
                     let _ = write!(md, "| {l} |");
                     for &block in &opts.blocks {
-                        for form in [Form::Chunked { block }, Form::Swl { block }] {
+                        for form in [
+                            Form::BaselineFused { block },
+                            Form::Fused { block },
+                            Form::SwlFused { block },
+                        ] {
                             let t = rows
                                 .iter()
                                 .find(|r| r.l == l && r.form == form)
@@ -875,52 +910,53 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
                 let _ = writeln!(md);
 
                 // Targets for this backend and setting.
-                if let (Some(first), Some(last)) = (ratio_rows.first(), ratio_rows.last()) {
-                    let speedups: Vec<f64> = ratio_rows
+                let complete: Vec<_> = per_l
+                    .iter()
+                    .filter_map(|(l, [_, bf, n, _, f, _])| Some((*l, (*bf)?, (*n)?, (*f)?)))
+                    .collect();
+                if let (Some(first), Some(last)) = (complete.first(), complete.last()) {
+                    let speedups: Vec<f64> = complete
                         .iter()
-                        .map(|(_, _, n, c, _)| n.median_s / c.median_s)
+                        .map(|(_, _, n, f)| n.median_s / f.median_s)
                         .collect();
                     let widening = speedups.windows(2).all(|w| w[1] >= w[0]);
-                    let worst = ratio_rows
+                    let worst = complete
                         .iter()
-                        .map(|(_, b, _, c, _)| c.median_s / b.median_s)
+                        .map(|(_, bf, _, f)| f.median_s / bf.median_s)
                         .fold(0.0, f64::max);
+                    let last_speedup = speedups.last().copied().unwrap_or(f64::NAN);
                     let _ = writeln!(
                         targets,
-                        "| `{}` {setting} | chunked >= 8x faster than naive at L = {}, widening with L | {:.2}x; speed-ups by L: {} | {} |",
+                        "| `{}` {setting} | fused >= 8x faster than naive at L = {}, widening with L | {:.2}x; speed-ups by L: {} | {} |",
                         backend.name(),
                         last.0,
-                        speedups.last().copied().unwrap_or(f64::NAN),
+                        last_speedup,
                         speedups.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
-                        yes(*speedups.last().unwrap_or(&0.0) >= 8.0 && widening)
+                        yes(last_speedup >= 8.0 && widening)
                     );
                     let _ = writeln!(
                         targets,
-                        "| `{}` {setting} | chunked within 3x of baseline at every L | worst {:.2}x | {} |",
+                        "| `{}` {setting} | fused CASTLE within 3x of fused baseline at every L | worst {:.2}x | {} |",
                         backend.name(),
                         worst,
                         yes(worst <= 3.0)
                     );
                     if last.0 > first.0 {
-                        let growth = |r: &AttnResult, q: &AttnResult| {
-                            (r.peak_bytes as f64 / q.peak_bytes.max(1) as f64).ln()
-                                / (last.0 as f64 / first.0 as f64).ln()
+                        let prev = &complete[complete.len().saturating_sub(2)];
+                        let exponent = |a: &AttnResult, b: &AttnResult, la: usize, lb: usize| {
+                            (a.peak_bytes as f64 / b.peak_bytes.max(1) as f64).ln()
+                                / (la as f64 / lb as f64).ln()
                         };
-                        let (_, _, _, c_last, _) = last;
-                        let (_, _, _, c_first, _) = first;
-                        let prev = &ratio_rows[ratio_rows.len().saturating_sub(2)];
-                        let local = (c_last.peak_bytes as f64 / prev.3.peak_bytes.max(1) as f64)
-                            .ln()
-                            / (last.0 as f64 / prev.0 as f64).ln();
+                        let local = exponent(last.3, prev.3, last.0, prev.0);
                         let _ = writeln!(
                             targets,
-                            "| `{}` {setting} | chunked peak memory grows no faster than L^2 | exponent {:.2} over L = {}..{}, {:.2} over the last doubling; {:.1} MiB at L = {} | {} |",
+                            "| `{}` {setting} | fused peak memory grows no faster than L^2 | exponent {:.2} over L = {}..{}, {:.2} over the last doubling; {:.1} MiB at L = {} | {} |",
                             backend.name(),
-                            growth(c_last, c_first),
+                            exponent(last.3, first.3, last.0, first.0),
                             first.0,
                             last.0,
                             local,
-                            mib(c_last.peak_bytes),
+                            mib(last.3.peak_bytes),
                             last.0,
                             yes(local <= 2.1)
                         );
@@ -929,12 +965,11 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
             }
         }
     }
-
     if !report.train.is_empty() {
         let s = &opts.model;
         let _ = writeln!(
             md,
-            "## 2. Whole-model training step\n\nShape (the issue's `configs/small.toml` shape; that file did not exist when this ran): \
+            "## 2. Whole-model training step\n\nShape (`configs/small.toml`'s): \
              layers {}, d_model {}, baseline heads {} (CASTLE {} by parity), head_dim {}, seq_len {}, batch {}, vocab {}, block_size {}, SWL W = {}. \
              Step = forward, mean token NLL, backward, AdamW. Median of {} interleaved steps after one warm-up. \
              Model GFLOP/s counts `ModelConfig::train_flops_per_token` (causal halving included). State = parameters + \

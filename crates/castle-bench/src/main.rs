@@ -31,12 +31,12 @@ struct Args {
     /// Timed repetitions per variant in table 1.
     #[arg(long)]
     reps: Option<usize>,
-    /// Block sizes tried for the chunked forms.
+    /// Block sizes tried for the fused kernels.
     #[arg(long, value_delimiter = ',')]
     blocks: Option<Vec<usize>>,
-    /// Block size at which to also time the batched chunked form; 0 skips it.
+    /// Block size at which to also time the tensor-op chunked form; 0 skips it.
     #[arg(long)]
-    batched_block: Option<usize>,
+    chunked_block: Option<usize>,
     /// Timed training steps per model in table 2.
     #[arg(long)]
     train_reps: Option<usize>,
@@ -76,8 +76,8 @@ fn main() -> Result<()> {
     if let Some(b) = args.blocks {
         opts.blocks = b;
     }
-    if let Some(b) = args.batched_block {
-        opts.batched_block = (b > 0).then_some(b);
+    if let Some(b) = args.chunked_block {
+        opts.chunked_block = (b > 0).then_some(b);
     }
     if let Some(r) = args.train_reps {
         opts.train_reps = r;

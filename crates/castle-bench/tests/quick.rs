@@ -11,15 +11,15 @@ fn quick_run_produces_every_table() {
     opts.lengths = vec![16, 32];
     opts.blocks = vec![8, 16];
     opts.window = 8;
-    opts.batched_block = Some(8);
+    opts.chunked_block = Some(8);
     opts.decode_lengths = vec![8, 16];
     opts.model.seq_len = 16;
     opts.model.block_size = 8;
     for backend in [BackendKind::Flex, BackendKind::NdArray] {
         opts.backends = vec![backend];
         let report = run(&opts, &mut |_| {});
-        // 2 settings x 2 lengths x (baseline, naive, 2 chunked, 2 swl, batched).
-        assert_eq!(report.attention.len(), 2 * 2 * 7);
+        // 2 settings x 2 lengths x (baseline, naive, chunked, 2 x (baseline, castle, swl) fused).
+        assert_eq!(report.attention.len(), 2 * 2 * 9);
         assert_eq!(report.train.len(), 3);
         assert_eq!(report.decode.len(), 2 * 3);
         assert!(alloc::installed());
@@ -41,12 +41,22 @@ fn quick_run_produces_every_table() {
 
 #[test]
 fn flop_counts_follow_the_forms() {
-    use castle_bench::{forward_flops, Form};
+    use castle_bench::{call_flops, Form};
     let (l, d) = (256, 64);
-    let base = forward_flops(Form::Baseline, l, d, 128);
-    let naive = forward_flops(Form::Naive, l, d, 128);
-    let chunked = forward_flops(Form::Chunked { block: 64 }, l, d, 128);
-    let swl = forward_flops(Form::Swl { block: 64 }, l, d, 128);
-    assert_eq!(base, 4.0 * (l * l * d) as f64);
-    assert!(naive > chunked && chunked > base && swl <= chunked);
+    let flops = |form| call_flops(form, l, d, 64);
+    let base = flops(Form::Baseline);
+    let naive = flops(Form::Naive);
+    let chunked = flops(Form::Chunked { block: 64 });
+    let fused = flops(Form::Fused { block: 64 });
+    let swl = flops(Form::SwlFused { block: 64 });
+    let base_fused = flops(Form::BaselineFused { block: 64 });
+    // Dense scores and P V, forward + backward.
+    assert_eq!(base, 3.0 * 4.0 * (l * l * d) as f64);
+    // One block is the whole causal square: the fused baseline does 7 dense products.
+    assert_eq!(
+        call_flops(Form::BaselineFused { block: l }, l, d, 64),
+        7.0 * 2.0 * (l * l * d) as f64
+    );
+    assert!(naive > chunked && chunked > base);
+    assert!(fused > swl && swl > base_fused && base_fused < base);
 }

@@ -4,9 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use burn::prelude::*;
 use castle_data::{read_documents, validation_windows, InputFormat, Tok};
-use castle_model::CastleLm;
+use castle_model::{AttentionBackend, CastleLm};
 use castle_train::checkpoint::Checkpoint;
 
 /// Windows of `seq_len + 1` tokens at `0, seq_len, 2 seq_len, ...`, as many as fit while the
@@ -108,7 +107,7 @@ pub fn load_windows(
 }
 
 /// Token-weighted mean loss over `windows`: the trainer's validation computation.
-pub fn mean_loss<B: Backend>(
+pub fn mean_loss<B: AttentionBackend>(
     model: &CastleLm<B>,
     windows: &[Vec<u32>],
     batch_size: usize,

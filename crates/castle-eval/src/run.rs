@@ -6,10 +6,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use castle_data::InputFormat;
-use castle_model::AttentionKind;
+use castle_model::TrainBackend;
+use castle_model::{AttentionBackend, AttentionKind};
 use castle_train::backend::{dispatch, OnBackend};
 use castle_train::checkpoint::Checkpoint;
 use castle_train::config::BackendKind;
@@ -114,13 +113,13 @@ struct Job {
 
 impl OnBackend for Job {
     type Output = Report;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Report> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<Report> {
         evaluate_on::<B::InnerBackend>(self.ckpt, &self.request, &device)
     }
 }
 
 /// [`evaluate`] on a given (inference) backend, for an already resolved checkpoint.
-pub fn evaluate_on<B: Backend>(
+pub fn evaluate_on<B: AttentionBackend>(
     ckpt: Checkpoint,
     request: &EvalRequest,
     device: &B::Device,
@@ -154,7 +153,7 @@ pub fn evaluate_on<B: Backend>(
     Ok(report)
 }
 
-fn run_perplexity<B: Backend>(
+fn run_perplexity<B: AttentionBackend>(
     loaded: &Loaded<B>,
     request: &PerplexityRequest,
     device: &B::Device,
@@ -193,7 +192,7 @@ fn run_perplexity<B: Backend>(
     })
 }
 
-fn run_generation<B: Backend>(
+fn run_generation<B: AttentionBackend>(
     loaded: &Loaded<B>,
     request: &GenerationRequest,
     device: &B::Device,

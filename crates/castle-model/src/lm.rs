@@ -6,8 +6,9 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::attention::{AttentionCache, CastleAttention, CastleMode, CausalSelfAttention};
+use crate::attention::{AttentionCache, AttentionPath, CastleAttention, CausalSelfAttention};
 use crate::config::{AttentionKind, ModelConfig};
+use crate::kernels::AttentionBackend;
 use crate::layers::{linear, RmsNorm, SwiGlu};
 use crate::rope::RopeTables;
 
@@ -98,29 +99,32 @@ impl ModelConfig {
     }
 }
 
-impl<B: Backend> CastleLm<B> {
+impl<B: AttentionBackend> CastleLm<B> {
     pub fn vocab_size(&self) -> usize {
         self.embed.weight.dims()[0]
     }
 
-    /// Logits `[batch, len, vocab]` for `tokens: [batch, len]`, CASTLE on its chunked path.
+    /// Logits `[batch, len, vocab]` for `tokens: [batch, len]`, attention on the fused path.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let mode = CastleMode::Chunked {
-            block: self.config.block_size,
-        };
-        self.forward_with(tokens, mode)
+        self.forward_with(tokens, self.training_path())
     }
 
-    /// [`CastleLm::forward`] with a chosen lookahead path (tests compare them).
-    pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, mode: CastleMode) -> Tensor<B, 3> {
+    fn training_path(&self) -> AttentionPath {
+        AttentionPath::Fused {
+            block: self.config.block_size,
+        }
+    }
+
+    /// [`CastleLm::forward`] with a chosen attention path (tests compare them).
+    pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, path: AttentionPath) -> Tensor<B, 3> {
         let len = tokens.dims()[1];
         let rope = self.rope(0, len, &tokens.device());
         let mut x = self.embed.forward(tokens);
         for block in &self.blocks {
             let h = block.attn_norm.forward(x.clone());
             let a = match &block.attn {
-                Attention::Baseline(attn) => attn.forward(h, &rope),
-                Attention::Castle(attn) => attn.forward(h, &rope, mode),
+                Attention::Baseline(attn) => attn.forward(h, &rope, path),
+                Attention::Castle(attn) => attn.forward(h, &rope, path),
             };
             x = block.feed_forward(x + a);
         }
@@ -131,20 +135,18 @@ impl<B: Backend> CastleLm<B> {
     pub fn prefill(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, LmCache<B>) {
         let len = tokens.dims()[1];
         let rope = self.rope(0, len, &tokens.device());
-        let mode = CastleMode::Chunked {
-            block: self.config.block_size,
-        };
+        let path = self.training_path();
         let mut x = self.embed.forward(tokens);
         let mut layers = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let h = block.attn_norm.forward(x.clone());
             let (a, cache) = match &block.attn {
                 Attention::Baseline(attn) => {
-                    let (a, c) = attn.prefill(h, &rope);
+                    let (a, c) = attn.prefill(h, &rope, path);
                     (a, AttentionCache::Kv(c))
                 }
                 Attention::Castle(attn) => {
-                    let (a, c) = attn.prefill(h, &rope, mode);
+                    let (a, c) = attn.prefill(h, &rope, path);
                     (a, AttentionCache::UqKv(c))
                 }
             };

@@ -1,4 +1,4 @@
-//! The whole LM in float64: cached decoding equals the full forward, both lookahead paths agree,
+//! The whole LM in float64: cached decoding equals the full forward, all attention paths agree,
 //! causality, parameter counts and config validation.
 
 mod common;
@@ -7,7 +7,7 @@ use burn::backend::ndarray::NdArray;
 use burn::module::Module;
 use burn::prelude::*;
 use castle_model::config::parity_heads;
-use castle_model::{AttentionKind, CastleMode, ModelConfig};
+use castle_model::{AttentionKind, AttentionPath, ModelConfig};
 use common::{max_abs_diff, random_tokens, tiny_config, values};
 
 type B = NdArray<f64>;
@@ -44,16 +44,21 @@ fn prefill_then_decode_equals_full_forward() {
 }
 
 #[test]
-fn naive_and_chunked_forward_agree() {
+fn naive_chunked_and_fused_forward_agree() {
     let device = Default::default();
-    for kind in [AttentionKind::Castle, AttentionKind::CastleSwl] {
+    for kind in KINDS {
         let model = tiny_config(kind).init::<B>(VOCAB, &device);
         let tokens = random_tokens::<B>(1, 19, VOCAB, 2, &device);
-        let naive = values(model.forward_with(tokens.clone(), CastleMode::Naive));
+        let naive = values(model.forward_with(tokens.clone(), AttentionPath::Naive));
         for block in [1, 4, 7, 32] {
-            let chunked = values(model.forward_with(tokens.clone(), CastleMode::Chunked { block }));
-            let err = max_abs_diff(&naive, &chunked);
-            assert!(err < 1e-10, "{kind}, block {block}: max abs error {err:e}");
+            for path in [
+                AttentionPath::Chunked { block },
+                AttentionPath::Fused { block },
+            ] {
+                let other = values(model.forward_with(tokens.clone(), path));
+                let err = max_abs_diff(&naive, &other);
+                assert!(err < 1e-10, "{kind}, {path:?}: max abs error {err:e}");
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The three lookahead paths (naive, chunked, UQ-KV cache) against the slow reference of
+//! Every CASTLE attention path (naive, chunked, fused kernel, UQ-KV cache) against the slow reference of
 //! spec section 1 in float64, on random inputs at awkward sizes, plus causality.
 //!
 //! Float64 and float32 `NdArray` tests live in separate test binaries: burn fixes a device's
@@ -22,8 +22,9 @@ fn no_path_lets_a_later_token_change_an_earlier_output() {
             Path::Naive,
             Path::Chunked(5),
             Path::Chunked(64),
-            Path::ChunkedBatched(5),
             Path::Cached(9),
+            Path::Fused(5),
+            Path::Fused(64),
         ] {
             for t in [0, 8, 15, 21] {
                 let x = RawHeads::random([1, 2, l, d], 7);

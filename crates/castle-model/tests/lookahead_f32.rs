@@ -1,5 +1,5 @@
-//! The lookahead paths in float32 on both CPU backends against the float64 reference, and the
-//! chunked path's gradients against the naive path's.
+//! The attention paths in float32 on both CPU backends against the float64 reference, and the
+//! chunked and fused paths' gradients against the naive path's.
 
 mod common;
 
@@ -26,7 +26,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use castle_model::lm::token_nll;
-use castle_model::{AttentionKind, CastleMode};
+use castle_model::{AttentionKind, AttentionPath};
 use common::{random_tokens, tiny_config, values};
 
 /// Every parameter's gradient, flattened, in visiting order.
@@ -46,16 +46,26 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Gradients<'_, B> {
 }
 
 #[test]
-fn chunked_gradients_match_naive_for_every_parameter() {
+fn chunked_and_fused_gradients_match_naive_for_every_parameter() {
     type B = Autodiff<NdArray<f32>>;
     let device = Default::default();
-    for kind in [AttentionKind::Castle, AttentionKind::CastleSwl] {
+    let kinds = [
+        AttentionKind::Baseline,
+        AttentionKind::Castle,
+        AttentionKind::CastleSwl,
+    ];
+    for (kind, path) in kinds.into_iter().flat_map(|k| {
+        [
+            (k, AttentionPath::Chunked { block: 5 }),
+            (k, AttentionPath::Fused { block: 5 }),
+        ]
+    }) {
         let model = tiny_config(kind).init::<B>(53, &device);
         let tokens = random_tokens::<B>(2, 14, 53, 5, &device);
-        let gradients = |mode| {
+        let gradients = |path| {
             let inputs = tokens.clone().slice([0..2, 0..13]);
             let targets = tokens.clone().slice([0..2, 1..14]);
-            let loss = token_nll(model.forward_with(inputs, mode), targets).mean();
+            let loss = token_nll(model.forward_with(inputs, path), targets).mean();
             let grads = loss.backward();
             let mut visitor = Gradients::<B> {
                 grads: &grads,
@@ -64,11 +74,11 @@ fn chunked_gradients_match_naive_for_every_parameter() {
             model.visit(&mut visitor);
             visitor.collected
         };
-        let naive = gradients(CastleMode::Naive);
-        let chunked = gradients(CastleMode::Chunked { block: 5 });
+        let naive = gradients(AttentionPath::Naive);
+        let other = gradients(path);
         // embedding + 2 x (2 norms + 2 attention + 3 MLP matrices) + final norm
         assert_eq!(naive.len(), 16);
-        for (i, (n, c)) in naive.iter().zip(&chunked).enumerate() {
+        for (i, (n, c)) in naive.iter().zip(&other).enumerate() {
             let norm = n.iter().map(|x| x * x).sum::<f64>().sqrt();
             let diff = n
                 .iter()
@@ -79,7 +89,7 @@ fn chunked_gradients_match_naive_for_every_parameter() {
             assert!(norm > 0.0, "{kind}: parameter {i} has a zero gradient");
             assert!(
                 diff / norm < 1e-3,
-                "{kind}: parameter {i} relative gradient error {:e}",
+                "{kind} {path:?}: parameter {i} relative gradient error {:e}",
                 diff / norm
             );
         }

@@ -2,14 +2,14 @@
 
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::tensor::backend::AutodiffBackend;
+use castle_model::TrainBackend;
 
 use crate::config::BackendKind;
 
 /// Work that runs on whichever backend the config names.
 pub trait OnBackend {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
 pub fn dispatch<T: OnBackend>(kind: BackendKind, task: T) -> Result<T::Output> {

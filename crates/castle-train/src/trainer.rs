@@ -14,10 +14,10 @@ use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use castle_data::{validation_windows, BatchSampler, Prepared};
 use castle_model::lm::token_nll;
 use castle_model::CastleLm;
+use castle_model::TrainBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
@@ -38,7 +38,7 @@ pub struct Train {
 
 impl OnBackend for Train {
     type Output = Summary;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Summary> {
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<Summary> {
         train::<B>(&self.config, self.require_resume, &device)
     }
 }
@@ -60,7 +60,7 @@ pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
     castle_data::prepare(data)
 }
 
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: TrainBackend>(
     config: &RunConfig,
     require_resume: bool,
     device: &B::Device,
@@ -211,7 +211,7 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Mean loss of one micro-batch and its gradients, scaled by `1 / accumulation`.
-pub fn micro_batch_gradients<B: AutodiffBackend>(
+pub fn micro_batch_gradients<B: TrainBackend>(
     model: &CastleLm<B>,
     tokens: &[u32],
     batch: usize,
@@ -227,7 +227,7 @@ pub fn micro_batch_gradients<B: AutodiffBackend>(
 
 /// The newest checkpoint that loads, falling back to older ones with a warning.
 #[allow(clippy::type_complexity)]
-fn resume<B: AutodiffBackend>(
+fn resume<B: TrainBackend>(
     config: &RunConfig,
     data: &Prepared,
     device: &B::Device,
@@ -253,7 +253,7 @@ fn resume<B: AutodiffBackend>(
 }
 
 #[allow(clippy::type_complexity)]
-fn load_for_resume<B: AutodiffBackend>(
+fn load_for_resume<B: TrainBackend>(
     dir: &Path,
     config: &RunConfig,
     data: &Prepared,
@@ -306,7 +306,7 @@ fn load_for_resume<B: AutodiffBackend>(
     Ok((model, optim, ckpt.state))
 }
 
-fn summarize<B: AutodiffBackend>(
+fn summarize<B: TrainBackend>(
     config: &RunConfig,
     model: &CastleLm<B>,
     state: &TrainState,

@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 use castle_model::lm::token_nll;
-use castle_model::CastleLm;
+use castle_model::{AttentionBackend, CastleLm};
 
 /// `[batch, seq_len + 1]` token windows as (inputs, targets), each `[batch, seq_len]`.
 pub fn inputs_and_targets<B: Backend>(
@@ -21,7 +21,7 @@ pub fn inputs_and_targets<B: Backend>(
 
 /// Mean loss over every target token of `windows` (each `seq_len + 1` tokens), `batch_size`
 /// windows per forward pass.
-pub fn mean_loss<B: Backend>(
+pub fn mean_loss<B: AttentionBackend>(
     model: &CastleLm<B>,
     windows: &[Vec<u32>],
     batch_size: usize,

@@ -4,8 +4,9 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use super::lookahead::scale;
-use super::{merge_heads, split_heads};
+use super::lookahead::{owned, scale};
+use super::{merge_heads, split_heads, AttentionPath};
+use crate::kernels::AttentionBackend;
 use crate::layers::linear;
 use crate::rope::RopeTables;
 
@@ -50,7 +51,9 @@ impl<B: Backend> CausalSelfAttention<B> {
             n_heads,
         }
     }
+}
 
+impl<B: AttentionBackend> CausalSelfAttention<B> {
     fn project(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> [Tensor<B, 4>; 3] {
         let [q, k, v] = <[_; 3]>::try_from(split_heads(self.qkv.forward(x), 3, self.n_heads))
             .expect("three projections");
@@ -58,16 +61,30 @@ impl<B: Backend> CausalSelfAttention<B> {
     }
 
     /// Full-sequence forward, `x: [batch, len, d_model]`; `rope` covers positions `0..len`.
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        path: AttentionPath,
+    ) -> Tensor<B, 3> {
         let [q, k, v] = self.project(x, rope);
-        self.out.forward(merge_heads(causal_attention(q, k, v)))
+        self.out.forward(merge_heads(attend(q, k, v, path)))
     }
 
     /// Forward over a prompt that also returns the cache for decoding after it.
-    pub fn prefill(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> (Tensor<B, 3>, KvCache<B>) {
+    pub fn prefill(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        path: AttentionPath,
+    ) -> (Tensor<B, 3>, KvCache<B>) {
         let [q, k, v] = self.project(x, rope);
-        let out = causal_attention(q, k.clone(), v.clone());
-        (self.out.forward(merge_heads(out)), KvCache { k, v })
+        let out = attend(q, k.clone(), v.clone(), path);
+        let cache = KvCache {
+            k: owned(k),
+            v: owned(v),
+        };
+        (self.out.forward(merge_heads(out)), cache)
     }
 
     /// One new token, `x: [batch, 1, d_model]`; `rope` covers position `cache.len()`.
@@ -86,7 +103,19 @@ impl<B: Backend> CausalSelfAttention<B> {
     }
 }
 
-/// `softmax(s Q K^T + causal mask) V`.
+fn attend<B: AttentionBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    path: AttentionPath,
+) -> Tensor<B, 4> {
+    match path {
+        AttentionPath::Naive | AttentionPath::Chunked { .. } => causal_attention(q, k, v),
+        AttentionPath::Fused { block } => B::causal_attention(q, k, v, block),
+    }
+}
+
+/// `softmax(s Q K^T + causal mask) V` in burn tensor ops: the reference.
 pub fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,

@@ -6,18 +6,10 @@ use burn::prelude::*;
 use super::lookahead::{
     attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads, UqKvCache,
 };
-use super::{merge_heads, split_heads};
+use super::{merge_heads, split_heads, AttentionPath};
+use crate::kernels::AttentionBackend;
 use crate::layers::linear;
 use crate::rope::RopeTables;
-
-/// How the training-time forward computes the lookahead scores; both are exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CastleMode {
-    /// Theorem 1's O(L^3) parallel form: the reference.
-    Naive,
-    /// The O(L^2 d) chunked form with this block size: the training path.
-    Chunked { block: usize },
-}
 
 #[derive(Module, Debug)]
 pub struct CastleAttention<B: Backend> {
@@ -48,7 +40,9 @@ impl<B: Backend> CastleAttention<B> {
             window,
         }
     }
+}
 
+impl<B: AttentionBackend> CastleAttention<B> {
     /// The per-head projections of `x: [batch, len, d_model]`, RoPE applied as `crate::rope` says.
     pub fn heads(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> CastleHeads<B> {
         let [qu, ku, vu, qc, kc, vc] =
@@ -66,8 +60,13 @@ impl<B: Backend> CastleAttention<B> {
     }
 
     /// Full-sequence forward; `rope` covers positions `0..len`.
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &RopeTables<B>, mode: CastleMode) -> Tensor<B, 3> {
-        self.attend_all(&self.heads(x, rope), mode)
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        path: AttentionPath,
+    ) -> Tensor<B, 3> {
+        self.attend_all(&self.heads(x, rope), path)
     }
 
     /// Forward over a prompt that also returns the UQ-KV cache for decoding after it.
@@ -75,21 +74,24 @@ impl<B: Backend> CastleAttention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        mode: CastleMode,
+        path: AttentionPath,
     ) -> (Tensor<B, 3>, UqKvCache<B>) {
         let h = self.heads(x, rope);
         (
-            self.attend_all(&h, mode),
+            self.attend_all(&h, path),
             UqKvCache::prefill(&h, self.window),
         )
     }
 
-    fn attend_all(&self, h: &CastleHeads<B>, mode: CastleMode) -> Tensor<B, 3> {
-        let lookahead = match mode {
-            CastleMode::Naive => lookahead_scores_naive(h, self.window),
-            CastleMode::Chunked { block } => lookahead_scores_chunked(h, self.window, block),
+    fn attend_all(&self, h: &CastleHeads<B>, path: AttentionPath) -> Tensor<B, 3> {
+        let o = match path {
+            AttentionPath::Naive => attend(h, lookahead_scores_naive(h, self.window)),
+            AttentionPath::Chunked { block } => {
+                attend(h, lookahead_scores_chunked(h, self.window, block))
+            }
+            AttentionPath::Fused { block } => B::castle_attention(h, self.window, block),
         };
-        self.out.forward(merge_heads(attend(h, lookahead)))
+        self.out.forward(merge_heads(o))
     }
 
     /// One new token, `x: [batch, 1, d_model]`; `rope` covers position `cache.len()`.

@@ -2,7 +2,8 @@
 //!
 //! `S_U[t, i] = s * qC_t . u_i^t` is computed three exact ways:
 //! - [`lookahead_scores_naive`]: Theorem 1, `S_U = A B^T`, O(L^3); the reference.
-//! - [`lookahead_scores_chunked`]: the blocked O(L^2 d) form; the training path.
+//! - [`lookahead_scores_chunked`]: the blocked O(L^2 d) form (the fused CPU kernel in
+//!   `crate::kernels` runs the same algebra).
 //! - [`UqKvCache`]: one token at a time with the UQ-KV cache (eq. 13); decoding.
 //!
 //! [`attend`] turns `S_U` into the attention output (eq. 5-8).
@@ -85,9 +86,9 @@ pub fn lookahead_scores_naive<B: Backend>(
     a.matmul(transpose(b))
 }
 
-/// The exact O(L^2 d) chunked form (spec section 3), one column block `J` of key owners at a time.
-/// The training path: on both CPU backends it measured faster than
-/// [`lookahead_scores_chunked_batched`] (see `docs/benchmarks.md`).
+/// The exact O(L^2 d) chunked form (spec section 3) in burn tensor ops, one column block `J` of
+/// key owners at a time: the GPU backends' training path, and a reference for the fused CPU
+/// kernel (`crate::kernels::lookahead`), which runs the same algebra block by block.
 ///
 /// For owners in block `J` and summed positions in blocks `K >= J`:
 /// `sig[J,K] = sigmoid(s Qu_J Ku_K^T) (.) Mu[J,K]`, `G[J,K] = Vu_K^T sig[J,K]^T`,
@@ -167,69 +168,19 @@ pub fn lookahead_scores_chunked<B: Backend>(
     Tensor::cat(columns, 3).slice([0..b, 0..nh, 0..l, 0..l])
 }
 
-/// The exact chunked form (spec section 3) with every block pair in one batched product. Same
-/// algebra as [`lookahead_scores_chunked`], but instead of a loop over
-/// the `N` owner blocks (about a dozen small tensor ops each, and as many again in the backward
-/// pass) it runs a fixed handful of large ops over all `(J, K)` block pairs at once:
-///
-/// - `sig = sigmoid(s Qu Ku^T) (.) Mu`, `[L, L]`, viewed as blocks `[J, K, i, j]`;
-/// - `G[J,K]^T = sig[J,K] Vu_K`, `[J, K, B, d]` (`L^2 d / B` numbers, the spec's `C` size);
-/// - `C[J,I]^T = sum_{K<I} G[J,K]^T`: an inclusive cumulative sum over `K`, shifted one block
-///   (not `inclusive - G`, whose rounding would let a later block touch earlier outputs);
-/// - `S_U[I,J] = s Qc_I C[J,I] + ((s Qc_I Vu_I^T) (.) Mc[I,I]) sig[J,I]^T`.
-///
-/// Pairs with `I < J` (and, under a window, `K` past the band) are computed too and come out
-/// exactly zero (the masks zero `sig` there), so the products are dense: about `6 L^2 d + 2 L^2 B`
-/// FLOPs forward against the loop's `3 L^2 d + L^2 B`, in exchange for far fewer passes.
-/// No buffer is larger than `max(L^2, L^2 d / B)` per head. Measured slower than the loop on
-/// both CPU backends (the dense 6-d products, permutes and strided cumsum cost more than the
-/// loop's small ops saved); kept, tested, as the starting point of a fused kernel.
-pub fn lookahead_scores_chunked_batched<B: Backend>(
-    h: &CastleHeads<B>,
-    window: Option<usize>,
-    block: usize,
-) -> Tensor<B, 4> {
-    let [b, nh, l, d] = h.qu.dims();
-    let s = scale(d);
-    let device = h.qu.device();
-    let (bs, n) = blocking(l, block);
-    let lp = n * bs;
-    let [qu, ku, vu, qc] = [&h.qu, &h.ku, &h.vu, &h.qc_nope].map(|x| pad_to(x, lp));
-    let mu = position_mask::<B>(lp, lp, |i, j| in_lookahead(i, j, window), &device);
-    // sig[J,K] for every block pair: [b, nh, J, K, owner i, position j].
-    let sig = (sigmoid(qu.matmul(transpose(ku)) * s) * mu.unsqueeze::<4>())
-        .reshape([b, nh, n, bs, n, bs])
-        .swap_dims(3, 4);
-    let vu = vu.reshape([b, nh, 1, n, bs, d]);
-    let qc = qc.reshape([b, nh, 1, n, bs, d]);
-    let g = sig.clone().matmul(vu.clone()); // G[J,K]^T: [b, nh, J, K, bs, d]
-    let c = if n > 1 {
-        let inclusive = g
-            .cumsum(3)
-            .slice([0..b, 0..nh, 0..n, 0..n - 1, 0..bs, 0..d]);
-        Tensor::cat(
-            vec![Tensor::zeros([b, nh, n, 1, bs, d], &device), inclusive],
-            3,
-        )
-    } else {
-        Tensor::zeros([b, nh, 1, 1, bs, d], &device)
-    }; // C[J,I]^T: [b, nh, J, I, bs, d]
-    let mc = position_mask::<B>(bs, bs, |t, j| j <= t, &device);
-    // (s Qc_I Vu_I^T) (.) Mc[I,I]: [b, nh, 1, I, t, j].
-    let diag = qc.clone().matmul(transpose(vu)) * s * mc.unsqueeze::<6>();
-    // S_U[I,J] laid out [b, nh, J, I, t, i].
-    let su = qc.matmul(transpose(c)) * s + diag.matmul(transpose(sig));
-    su.permute([0, 1, 3, 4, 2, 5])
-        .reshape([b, nh, lp, lp])
-        .slice([0..b, 0..nh, 0..l, 0..l])
-}
-
 /// Eq. 5-8: `softmax_i( s qC_t . kC_i - SiLU(S_U[t,i]) ) vC`, causal over `i <= t`.
 pub fn attend<B: Backend>(h: &CastleHeads<B>, lookahead_scores: Tensor<B, 4>) -> Tensor<B, 4> {
     let [_, _, l, d] = h.qc.dims();
     let causal = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &h.qc.device()).unsqueeze::<4>();
     let logits = h.qc.clone().matmul(transpose(h.kc.clone())) * scale(d) - silu(lookahead_scores);
     softmax(logits.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(h.vc.clone())
+}
+
+/// `x` in a buffer of its own. The per-head projections are slices of one fused projection
+/// output; a cache that kept the slices would keep the whole output alive (`6 n d` numbers per
+/// token for CASTLE instead of the `4 n d` of spec section 4). Adding zero is exact.
+pub(crate) fn owned<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    x.add_scalar(0.0)
 }
 
 /// The UQ-KV cache of one layer (spec section 4): lookahead keys `U` (rewritten every step),
@@ -250,9 +201,9 @@ impl<B: Backend> UqKvCache<B> {
         let weights = sigmoid(h.qu.clone().matmul(transpose(h.ku.clone())) * scale(d));
         Self {
             u: (weights * mu.unsqueeze::<4>()).matmul(h.vu.clone()),
-            qu: h.qu.clone(),
-            kc: h.kc.clone(),
-            vc: h.vc.clone(),
+            qu: owned(h.qu.clone()),
+            kc: owned(h.kc.clone()),
+            vc: owned(h.vc.clone()),
         }
     }
 

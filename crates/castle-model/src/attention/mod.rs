@@ -5,10 +5,22 @@ pub mod castle;
 pub mod lookahead;
 
 pub use baseline::{CausalSelfAttention, KvCache};
-pub use castle::{CastleAttention, CastleMode};
+pub use castle::CastleAttention;
 pub use lookahead::{CastleHeads, UqKvCache};
 
 use burn::prelude::*;
+
+/// How a full-sequence forward computes attention. All three are exact; tests compare them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// burn tensor ops; CASTLE by Theorem 1's O(L^3) parallel form: the reference.
+    Naive,
+    /// burn tensor ops; CASTLE by the O(L^2 d) chunked form with this block size.
+    Chunked { block: usize },
+    /// The backend's [`crate::kernels::AttentionBackend`] implementation with this block size:
+    /// the fused kernels on CPU, the chunked tensor-op form on GPU. The training path.
+    Fused { block: usize },
+}
 
 /// One layer's decoding cache.
 #[derive(Debug, Clone)]

@@ -3,9 +3,9 @@
 
 use burn::prelude::*;
 use castle_model::attention::lookahead::{
-    attend, lookahead_scores_chunked, lookahead_scores_chunked_batched, lookahead_scores_naive,
-    CastleHeads, UqKvCache,
+    attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads, UqKvCache,
 };
+use castle_model::AttentionBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -166,13 +166,13 @@ pub fn reference_output(x: &RawHeads, window: Option<usize>) -> Vec<f64> {
 pub enum Path {
     Naive,
     Chunked(usize),
-    /// The all-block-pairs batched version of the chunked form.
-    ChunkedBatched(usize),
     /// Prefill this many positions, then decode the rest one at a time.
     Cached(usize),
+    /// The backend's fused kernel (`AttentionBackend::castle_attention`) with this block size.
+    Fused(usize),
 }
 
-pub fn run_path<B: Backend>(x: &RawHeads, window: Option<usize>, path: Path) -> Vec<f64> {
+pub fn run_path<B: AttentionBackend>(x: &RawHeads, window: Option<usize>, path: Path) -> Vec<f64> {
     let device = Default::default();
     let l = x.shape[2];
     let out = match path {
@@ -184,10 +184,7 @@ pub fn run_path<B: Backend>(x: &RawHeads, window: Option<usize>, path: Path) -> 
             let h = x.to_tensors::<B>(&device);
             attend(&h, lookahead_scores_chunked(&h, window, block))
         }
-        Path::ChunkedBatched(block) => {
-            let h = x.to_tensors::<B>(&device);
-            attend(&h, lookahead_scores_chunked_batched(&h, window, block))
-        }
+        Path::Fused(block) => B::castle_attention(&x.to_tensors::<B>(&device), window, block),
         Path::Cached(prefill) => {
             let prompt: CastleHeads<B> = x.positions(0..prefill, &device);
             let mut outputs = vec![attend(&prompt, lookahead_scores_naive(&prompt, window))];
@@ -210,7 +207,7 @@ pub fn cases() -> Vec<(usize, Option<usize>, Path)> {
             cases.push((l, window, Path::Naive));
             for block in [1, 3, 16, 64] {
                 cases.push((l, window, Path::Chunked(block)));
-                cases.push((l, window, Path::ChunkedBatched(block)));
+                cases.push((l, window, Path::Fused(block)));
             }
             for prefill in [1, l.div_ceil(2), l] {
                 cases.push((l, window, Path::Cached(prefill)));
@@ -220,7 +217,12 @@ pub fn cases() -> Vec<(usize, Option<usize>, Path)> {
     cases
 }
 
-pub fn check_against_reference<B: Backend>(tolerance: f64, batch: usize, heads: usize, d: usize) {
+pub fn check_against_reference<B: AttentionBackend>(
+    tolerance: f64,
+    batch: usize,
+    heads: usize,
+    d: usize,
+) {
     for (seed, (l, window, path)) in cases().into_iter().enumerate() {
         let x = RawHeads::random([batch, heads, l, d], seed as u64);
         let expected = reference_output(&x, window);

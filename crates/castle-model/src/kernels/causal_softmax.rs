@@ -1,0 +1,248 @@
+//! Blocked causal softmax attention for one head, forward and backward, with CASTLE's lookahead
+//! term as an optional bias: logits `s q_t . k_i - SiLU(S_U[t,i])` (eq. 5-8), or plain
+//! `s q_t . k_i` for the baseline.
+//!
+//! One task per query block `I` builds that block's `bs x (I+1) bs` logits (blocks past the
+//! diagonal are never touched), applies the softmax in place and multiplies by `V`. The
+//! probabilities and `SiLU'(S_U)` are kept for the backward pass: on CPU memory is plentiful
+//! (`L^2 / 2` numbers each per head) and recomputing them would cost one product and three
+//! exponentials per entry. The backward pass accumulates `dK`, `dV` per worker.
+
+use rayon::prelude::*;
+
+use super::blocks::{Blocking, Blocks};
+use super::gemm::{gemm, Elem, Mat, MatMut};
+use super::sum_over_workers;
+
+/// What the forward pass keeps for the backward pass, rows padded to `g.padded()`.
+#[derive(Debug, Clone)]
+pub struct SoftmaxSaved<E> {
+    pub out: Vec<E>,
+    /// Per query block `I`, the probabilities `P[I, 0..(I+1) bs]`, `bs x (I+1) bs`.
+    probs: Vec<Vec<E>>,
+    /// `SiLU'(S_U)` blocks (lower block triangle) when there was a lookahead term.
+    silu_grad: Option<Blocks<E>>,
+}
+
+/// Gradients of one head; `d_lookahead[I, J] = dLoss/dS_U` (lower block triangle) when
+/// the forward pass had a lookahead term.
+pub struct SoftmaxGrads<E> {
+    pub dq: Vec<E>,
+    pub dk: Vec<E>,
+    pub dv: Vec<E>,
+    pub d_lookahead: Option<Blocks<E>>,
+}
+
+/// `1 / (1 + exp(-x))`, stable for both signs (and branch-free, so loops over it vectorise).
+#[inline(always)]
+pub fn sigmoid<E: Elem>(x: E) -> E {
+    let t = E::exp_nonpositive(-x.abs());
+    let num = if x >= E::zero() { E::one() } else { t };
+    num / (E::one() + t)
+}
+
+/// Forward pass of one head: `out = softmax(logits) V`.
+pub fn forward<E: Elem>(
+    g: &Blocking,
+    q: &[E],
+    k: &[E],
+    v: &[E],
+    lookahead: Option<&Blocks<E>>,
+) -> SoftmaxSaved<E> {
+    let (bs, d) = (g.bs, g.d);
+    let blocks: Vec<_> = (0..g.n)
+        .into_par_iter()
+        .map(|i| {
+            let w = (i + 1) * bs;
+            let mut z = vec![E::zero(); bs * w];
+            let q_i = Mat::rows(q, i * bs, bs, d);
+            let zm = MatMut::new(&mut z, bs, w, w);
+            gemm(g.scale(), q_i, Mat::rows(k, 0, w, d).t(), E::zero(), zm);
+            // z -= SiLU(S_U), keeping SiLU'(S_U) = sigmoid (1 + x (1 - sigmoid)).
+            let mut silu_grad = vec![];
+            if let Some(su) = lookahead {
+                for jb in 0..=i {
+                    let block = su.get(i, jb);
+                    let mut grad = vec![E::zero(); bs * bs];
+                    for r in 0..bs {
+                        let row = &mut z[r * w + jb * bs..r * w + (jb + 1) * bs];
+                        let cols = r * bs..(r + 1) * bs;
+                        for ((zc, &x), dg) in row
+                            .iter_mut()
+                            .zip(&block[cols.clone()])
+                            .zip(&mut grad[cols])
+                        {
+                            let sg = sigmoid(x);
+                            *zc = *zc - x * sg;
+                            *dg = sg * (E::one() + x * (E::one() - sg));
+                        }
+                    }
+                    silu_grad.push(grad);
+                }
+            }
+            for (r, row) in z.chunks_mut(w).enumerate() {
+                row[i * bs + r + 1..].fill(E::zero()); // causal mask
+                let row = &mut row[..i * bs + r + 1];
+                let m = row.iter().copied().fold(E::neg_infinity(), E::max);
+                row.iter_mut().for_each(|x| *x = E::exp_nonpositive(*x - m));
+                let sum = row.iter().fold(E::zero(), |acc, &x| acc + x);
+                row.iter_mut().for_each(|x| *x = *x / sum);
+            }
+            let mut out = vec![E::zero(); bs * d];
+            let p = Mat::new(&z, bs, w, w);
+            gemm(
+                E::one(),
+                p,
+                Mat::rows(v, 0, w, d),
+                E::zero(),
+                MatMut::new(&mut out, bs, d, d),
+            );
+            (out, z, silu_grad)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(g.padded() * d);
+    let mut probs = Vec::with_capacity(g.n);
+    let mut silu_grad = lookahead.map(|_| Blocks::new(g.n));
+    for (i, (o, p, grads)) in blocks.into_iter().enumerate() {
+        out.extend(o);
+        probs.push(p);
+        if let Some(sg) = &mut silu_grad {
+            for (jb, block) in grads.into_iter().enumerate() {
+                sg.set(i, jb, block);
+            }
+        }
+    }
+    SoftmaxSaved {
+        out,
+        probs,
+        silu_grad,
+    }
+}
+
+/// One worker's share of the backward pass.
+struct Partial<E> {
+    dq: Vec<E>,
+    dk: Vec<E>,
+    dv: Vec<E>,
+    d_lookahead_rows: Vec<(usize, Vec<Vec<E>>)>,
+}
+
+impl<E: Elem> Partial<E> {
+    fn zeros(len: usize) -> Self {
+        Self {
+            dq: vec![E::zero(); len],
+            dk: vec![E::zero(); len],
+            dv: vec![E::zero(); len],
+            d_lookahead_rows: Vec::new(),
+        }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        for (a, b) in [
+            (&mut self.dq, &other.dq),
+            (&mut self.dk, &other.dk),
+            (&mut self.dv, &other.dv),
+        ] {
+            a.iter_mut().zip(b).for_each(|(x, &y)| *x = *x + y);
+        }
+        self.d_lookahead_rows.extend(other.d_lookahead_rows);
+        self
+    }
+}
+
+/// Backward pass of one head, given `d_out` (padded rows zero).
+pub fn backward<E: Elem>(
+    g: &Blocking,
+    q: &[E],
+    k: &[E],
+    v: &[E],
+    saved: &SoftmaxSaved<E>,
+    d_out: &[E],
+) -> SoftmaxGrads<E> {
+    let (bs, d) = (g.bs, g.d);
+    let s: E = g.scale();
+    let len = g.padded() * d;
+    let partial = sum_over_workers(
+        g.n,
+        || Partial::zeros(len),
+        |acc, i| {
+            let w = (i + 1) * bs;
+            let p = &saved.probs[i];
+            // dP = dO_I V^T, then dZ = P (.) (dP - rowsum(dO (.) O)).
+            let mut dz = vec![E::zero(); bs * w];
+            let d_out_i = Mat::rows(d_out, i * bs, bs, d);
+            let v_all = Mat::rows(v, 0, w, d);
+            gemm(
+                E::one(),
+                d_out_i,
+                v_all.t(),
+                E::zero(),
+                MatMut::new(&mut dz, bs, w, w),
+            );
+            for r in 0..bs {
+                let o = &saved.out[(i * bs + r) * d..(i * bs + r + 1) * d];
+                let dor = &d_out[(i * bs + r) * d..(i * bs + r + 1) * d];
+                let delta = o.iter().zip(dor).fold(E::zero(), |a, (&x, &y)| a + x * y);
+                for c in 0..w {
+                    dz[r * w + c] = p[r * w + c] * (dz[r * w + c] - delta);
+                }
+            }
+            let (p, dz_m) = (Mat::new(p, bs, w, w), Mat::new(&dz, bs, w, w));
+            let k_all = Mat::rows(k, 0, w, d);
+            gemm(
+                s,
+                dz_m,
+                k_all,
+                E::zero(),
+                MatMut::rows(&mut acc.dq, i * bs, bs, d),
+            );
+            gemm(
+                E::one(),
+                p.t(),
+                d_out_i,
+                E::one(),
+                MatMut::rows(&mut acc.dv, 0, w, d),
+            );
+            let q_i = Mat::rows(q, i * bs, bs, d);
+            gemm(
+                s,
+                dz_m.t(),
+                q_i,
+                E::one(),
+                MatMut::rows(&mut acc.dk, 0, w, d),
+            );
+            if let Some(silu_grad) = &saved.silu_grad {
+                // dS_U = -dZ (.) SiLU'(S_U), block by block along the row.
+                let row = (0..=i)
+                    .map(|jb| {
+                        let block = silu_grad.get(i, jb);
+                        let mut out = vec![E::zero(); bs * bs];
+                        for r in 0..bs {
+                            for c in 0..bs {
+                                out[r * bs + c] = -dz[r * w + jb * bs + c] * block[r * bs + c];
+                            }
+                        }
+                        out
+                    })
+                    .collect();
+                acc.d_lookahead_rows.push((i, row));
+            }
+        },
+        Partial::merge,
+    );
+    let d_lookahead = saved.silu_grad.as_ref().map(|_| {
+        let mut blocks = Blocks::new(g.n);
+        for (i, row) in partial.d_lookahead_rows {
+            for (jb, block) in row.into_iter().enumerate() {
+                blocks.set(i, jb, block);
+            }
+        }
+        blocks
+    });
+    SoftmaxGrads {
+        dq: partial.dq,
+        dk: partial.dk,
+        dv: partial.dv,
+        d_lookahead,
+    }
+}

@@ -1,0 +1,226 @@
+//! Matrix views and the one matrix product the kernels use (`matrixmultiply`'s blocked GEMM).
+
+use std::fmt::Debug;
+
+use num_traits::Float;
+
+/// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
+pub trait Elem: Float + Send + Sync + Debug + 'static {
+    /// `c = alpha a b + beta c` on raw strided storage.
+    ///
+    /// # Safety
+    /// Every element addressed by the shapes and strides must lie inside its buffer.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: (*const Self, isize, isize),
+        b: (*const Self, isize, isize),
+        beta: Self,
+        c: (*mut Self, isize, isize),
+    );
+
+    fn of(x: f64) -> Self {
+        Self::from(x).expect("a float converts to a float")
+    }
+
+    /// `exp(x)` for `x <= 0` (softmax and sigmoid need no other), written so that loops over it
+    /// vectorise.
+    #[inline(always)]
+    fn exp_nonpositive(x: Self) -> Self {
+        x.exp()
+    }
+}
+
+impl Elem for f32 {
+    /// Cephes' `expf` without its branches: `2^n p(r)` with `x = n ln 2 + r`, `|r| <= ln 2 / 2`,
+    /// within 2 ulp of `f32::exp` on `[-87, 0]`; below that it returns `exp(-87)` (about
+    /// `1.6e-38`) where the true value is smaller still.
+    #[inline(always)]
+    fn exp_nonpositive(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 0.0);
+        // Round x / ln 2 to the nearest integer by the 1.5 * 2^23 trick (vectorises, unlike round()).
+        let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+            + 1.666_666_5e-1)
+            * r
+            + 0.5;
+        let y = p * r * r + r + 1.0;
+        y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: (*const f32, isize, isize),
+        b: (*const f32, isize, isize),
+        beta: f32,
+        c: (*mut f32, isize, isize),
+    ) {
+        matrixmultiply::sgemm(
+            m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
+        );
+    }
+}
+
+impl Elem for f64 {
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: (*const f64, isize, isize),
+        b: (*const f64, isize, isize),
+        beta: f64,
+        c: (*mut f64, isize, isize),
+    ) {
+        matrixmultiply::dgemm(
+            m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
+        );
+    }
+}
+
+/// A read-only `rows x cols` matrix inside a slice, element `(r, c)` at `r * rs + c * cs`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, E> {
+    data: &'a [E],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, E: Elem> Mat<'a, E> {
+    /// Row-major with row stride `rs` (`rs = cols` when the rows are packed).
+    pub fn new(data: &'a [E], rows: usize, cols: usize, rs: usize) -> Self {
+        let m = Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        };
+        m.check(data.len());
+        m
+    }
+
+    /// Rows `first..first + rows` of a packed row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [E], first: usize, rows: usize, cols: usize) -> Self {
+        Self::new(&data[first * cols..(first + rows) * cols], rows, cols, cols)
+    }
+
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn check(&self, len: usize) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < len, "matrix view runs past its buffer");
+        }
+    }
+}
+
+/// A writable packed row-major `rows x cols` matrix.
+pub struct MatMut<'a, E> {
+    data: &'a mut [E],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+}
+
+impl<'a, E: Elem> MatMut<'a, E> {
+    pub fn new(data: &'a mut [E], rows: usize, cols: usize, rs: usize) -> Self {
+        assert!(
+            rows == 0 || cols == 0 || (rows - 1) * rs + cols <= data.len(),
+            "matrix view runs past its buffer"
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+        }
+    }
+
+    /// Rows `first..first + rows` of a packed row-major matrix with `cols` columns.
+    pub fn rows(data: &'a mut [E], first: usize, rows: usize, cols: usize) -> Self {
+        Self::new(
+            &mut data[first * cols..(first + rows) * cols],
+            rows,
+            cols,
+            cols,
+        )
+    }
+}
+
+/// `c = alpha a b + beta c` (with `beta = 0`, `c`'s old contents are ignored, NaN included).
+pub fn gemm<E: Elem>(alpha: E, a: Mat<E>, b: Mat<E>, beta: E, c: MatMut<E>) {
+    assert!(
+        a.cols == b.rows && a.rows == c.rows && b.cols == c.cols,
+        "gemm shapes: ({} x {}) ({} x {}) -> ({} x {})",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        c.rows,
+        c.cols
+    );
+    if c.rows == 0 || c.cols == 0 {
+        return;
+    }
+    // SAFETY: `Mat::new`/`MatMut::new` checked that every addressed element is in bounds, and
+    // `c` is borrowed mutably, so it cannot alias `a` or `b`.
+    unsafe {
+        E::gemm_raw(
+            a.rows,
+            a.cols,
+            b.cols,
+            alpha,
+            (a.data.as_ptr(), a.rs as isize, a.cs as isize),
+            (b.data.as_ptr(), b.rs as isize, b.cs as isize),
+            beta,
+            (c.data.as_mut_ptr(), c.rs as isize, 1),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_within_a_few_ulp_of_exp_on_its_domain() {
+        let mut worst = 0.0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let exact = (x as f64).exp();
+            let got = f32::exp_nonpositive(x) as f64;
+            worst = worst.max((got - exact).abs() / exact);
+        }
+        assert!(worst < 4.0 * f32::EPSILON as f64, "worst relative error {worst:e}");
+        assert!(f32::exp_nonpositive(-1e4) < 2e-38);
+        assert!(f32::exp_nonpositive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gemm_transposes_by_strides() {
+        // a = [[1, 2, 3], [4, 5, 6]]; a a^T = [[14, 32], [32, 77]].
+        let a = [1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut c = [1.0f64; 4];
+        let m = Mat::new(&a, 2, 3, 3);
+        gemm(1.0, m, m.t(), 0.5, MatMut::new(&mut c, 2, 2, 2));
+        assert_eq!(c, [14.5, 32.5, 32.5, 77.5]);
+    }
+}

@@ -1,0 +1,281 @@
+//! The lookahead scores `S_U[t,i] = s qC_t . u_i^t` of one head, forward and backward, by the
+//! exact chunked form (spec section 3) on `bs x bs` blocks, with no `L x L x d` buffer.
+//!
+//! Forward, one task per owner block `J`, walking the query blocks `I = J, J+1, ...` with a
+//! running `C = C[J,I]^T` (`bs x d`, the partial lookahead keys of `J`'s owners):
+//!
+//! ```text
+//! sig[J,K] = sigmoid(s Qu_J Ku_K^T) (.) Mu[J,K]                    K in J's band
+//! C       += sig[J,I-1] Vu_{I-1}                                   (exclusive prefix sum)
+//! S_U[I,J] = s Qc_I C^T + diag_I sig[J,I]^T,  diag_I = (s Qc_I Vu_I^T) (.) Mc
+//! ```
+//!
+//! Backward, with `D = dLoss/dS_U`, one task per owner block `J` again. A suffix sum
+//! `R = sum_{I>K} D[I,J]^T Qc_I` (`bs x d`) walks `K` downwards and a prefix sum `C` upwards:
+//!
+//! ```text
+//! F[K,J]   = (D[K,J] sig[J,K]) (.) Mc                     (queries and positions in one block)
+//! dQc_K   += s F Vu_K                dQc_I += s D[I,J] C[J,I]^T
+//! dVu_K   += s sig[J,K]^T R + s F^T Qc_K
+//! dsig     = s R Vu_K^T + D[K,J]^T diag_K,   dlogit = dsig (.) sig (1 - sig)
+//! dQu_J   += s dlogit Ku_K               dKu_K += s dlogit^T Qu_J
+//! ```
+//!
+//! (`Qc` here is the un-rotated query `qc_nope`; see `crate::rope`.) Every product is
+//! `bs x d x bs` or `bs x bs x bs`, `O(L^2 d)` in all; under SWL `sig`, `dsig` and `F` exist only
+//! for `K` in the band.
+
+use rayon::prelude::*;
+
+use super::blocks::{Blocking, Blocks};
+use super::causal_softmax::sigmoid;
+use super::gemm::{gemm, Elem, Mat, MatMut};
+use super::sum_over_workers;
+
+/// One head's lookahead inputs, each packed `g.padded() x d` (padded rows zero).
+pub struct LookaheadInputs<'a, E> {
+    pub qu: &'a [E],
+    pub ku: &'a [E],
+    pub vu: &'a [E],
+    pub qc: &'a [E],
+}
+
+pub struct LookaheadGrads<E> {
+    pub dqu: Vec<E>,
+    pub dku: Vec<E>,
+    pub dvu: Vec<E>,
+    pub dqc: Vec<E>,
+}
+
+/// `diag_I = (s Qc_I Vu_I^T) (.) Mc` for every block `I`.
+fn diagonals<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> Vec<Vec<E>> {
+    let bs = g.bs;
+    (0..g.n)
+        .into_par_iter()
+        .map(|i| {
+            let mut a = vec![E::zero(); bs * bs];
+            let (qc, vu) = (g.block_rows(x.qc, i), g.block_rows(x.vu, i));
+            gemm(
+                g.scale(),
+                qc,
+                vu.t(),
+                E::zero(),
+                MatMut::new(&mut a, bs, bs, bs),
+            );
+            for r in 0..bs {
+                a[r * bs + r + 1..(r + 1) * bs].fill(E::zero());
+            }
+            a
+        })
+        .collect()
+}
+
+/// `sig[J,K] = sigmoid(s Qu_J Ku_K^T) (.) Mu[J,K]`.
+fn sig_block<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>, j: usize, k: usize) -> Vec<E> {
+    let bs = g.bs;
+    let mut sig = vec![E::zero(); bs * bs];
+    let (qu, ku) = (g.block_rows(x.qu, j), g.block_rows(x.ku, k));
+    gemm(
+        g.scale(),
+        qu,
+        ku.t(),
+        E::zero(),
+        MatMut::new(&mut sig, bs, bs, bs),
+    );
+    sig.iter_mut().for_each(|e| *e = sigmoid(*e));
+    for (r, row) in sig.chunks_mut(bs).enumerate() {
+        let keep = g.lookahead_columns(j, k, r);
+        row[..keep.start].fill(E::zero());
+        row[keep.end..].fill(E::zero());
+    }
+    sig
+}
+
+/// `C += sig[J,K] Vu_K`.
+fn accumulate_keys<E: Elem>(
+    g: &Blocking,
+    x: &LookaheadInputs<E>,
+    sig_jk: &[E],
+    k: usize,
+    c: &mut [E],
+) {
+    let vu = g.block_rows(x.vu, k);
+    gemm(
+        E::one(),
+        g.square(sig_jk),
+        vu,
+        E::one(),
+        MatMut::new(c, g.bs, g.d, g.d),
+    );
+}
+
+/// `S_U` (lower block triangle) and the `sig` blocks the backward pass reuses.
+pub fn forward<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> (Blocks<E>, Blocks<E>) {
+    let (bs, d, n) = (g.bs, g.d, g.n);
+    let diag = diagonals(g, x);
+    let columns: Vec<_> = (0..n)
+        .into_par_iter()
+        .map(|j| {
+            let sig: Vec<Vec<E>> = (j..n)
+                .take_while(|&k| g.in_band(j, k))
+                .map(|k| sig_block(g, x, j, k))
+                .collect();
+            let mut c = vec![E::zero(); bs * d];
+            let column: Vec<Vec<E>> = (j..n)
+                .map(|i| {
+                    let mut su = vec![E::zero(); bs * bs];
+                    if i > j {
+                        if let Some(sig_jk) = sig.get(i - 1 - j) {
+                            accumulate_keys(g, x, sig_jk, i - 1, &mut c);
+                        }
+                        let cm = Mat::new(&c, bs, d, d);
+                        let su_m = MatMut::new(&mut su, bs, bs, bs);
+                        gemm(g.scale(), g.block_rows(x.qc, i), cm.t(), E::zero(), su_m);
+                    }
+                    if let Some(sig_ji) = sig.get(i - j) {
+                        let (a, sg) = (g.square(&diag[i]), g.square(sig_ji));
+                        gemm(
+                            E::one(),
+                            a,
+                            sg.t(),
+                            E::one(),
+                            MatMut::new(&mut su, bs, bs, bs),
+                        );
+                    }
+                    su
+                })
+                .collect();
+            (sig, column)
+        })
+        .collect();
+    let (mut su, mut sig) = (Blocks::new(n), Blocks::new(n));
+    for (j, (sig_row, column)) in columns.into_iter().enumerate() {
+        for (k, block) in sig_row.into_iter().enumerate() {
+            sig.set(j, j + k, block);
+        }
+        for (i, block) in column.into_iter().enumerate() {
+            su.set(j + i, j, block);
+        }
+    }
+    (su, sig)
+}
+
+impl<E: Elem> LookaheadGrads<E> {
+    fn zeros(len: usize) -> Self {
+        Self {
+            dqu: vec![E::zero(); len],
+            dku: vec![E::zero(); len],
+            dvu: vec![E::zero(); len],
+            dqc: vec![E::zero(); len],
+        }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        for (a, b) in [
+            (&mut self.dqu, &other.dqu),
+            (&mut self.dku, &other.dku),
+            (&mut self.dvu, &other.dvu),
+            (&mut self.dqc, &other.dqc),
+        ] {
+            a.iter_mut().zip(b).for_each(|(x, &y)| *x = *x + y);
+        }
+        self
+    }
+}
+
+/// Gradients of the four lookahead inputs from `d_su = dLoss/dS_U` and the forward's `sig`.
+pub fn backward<E: Elem>(
+    g: &Blocking,
+    x: &LookaheadInputs<E>,
+    sig: &Blocks<E>,
+    d_su: &Blocks<E>,
+) -> LookaheadGrads<E> {
+    let (bs, d, n) = (g.bs, g.d, g.n);
+    let s: E = g.scale();
+    let diag = diagonals(g, x);
+    let len = g.padded() * d;
+    sum_over_workers(
+        n,
+        || LookaheadGrads::zeros(len),
+        |acc, j| {
+            let qu_j = g.block_rows(x.qu, j);
+            let mut r_sum = vec![E::zero(); bs * d];
+            let (mut dsig, mut f) = (vec![E::zero(); bs * bs], vec![E::zero(); bs * bs]);
+            for k in (j..n).rev() {
+                let d_kj = g.square(d_su.get(k, j));
+                let (qc_k, vu_k) = (g.block_rows(x.qc, k), g.block_rows(x.vu, k));
+                if g.in_band(j, k) {
+                    let sg = g.square(sig.get(j, k));
+                    let r_m = Mat::new(&r_sum, bs, d, d);
+                    gemm(s, sg.t(), r_m, E::one(), g.block_rows_mut(&mut acc.dvu, k));
+                    // dsig, then dlogit = dsig (.) sig (1 - sig) in place.
+                    gemm(
+                        s,
+                        r_m,
+                        vu_k.t(),
+                        E::zero(),
+                        MatMut::new(&mut dsig, bs, bs, bs),
+                    );
+                    let diag_k = g.square(&diag[k]);
+                    gemm(
+                        E::one(),
+                        d_kj.t(),
+                        diag_k,
+                        E::one(),
+                        MatMut::new(&mut dsig, bs, bs, bs),
+                    );
+                    for (e, &p) in dsig.iter_mut().zip(sig.get(j, k)) {
+                        *e = *e * p * (E::one() - p);
+                    }
+                    let dl = g.square(&dsig);
+                    gemm(
+                        s,
+                        dl,
+                        g.block_rows(x.ku, k),
+                        E::one(),
+                        g.block_rows_mut(&mut acc.dqu, j),
+                    );
+                    gemm(s, dl.t(), qu_j, E::one(), g.block_rows_mut(&mut acc.dku, k));
+                    // F = (D[K,J] sig[J,K]) (.) Mc.
+                    gemm(
+                        E::one(),
+                        d_kj,
+                        sg,
+                        E::zero(),
+                        MatMut::new(&mut f, bs, bs, bs),
+                    );
+                    for r in 0..bs {
+                        f[r * bs + r + 1..(r + 1) * bs].fill(E::zero());
+                    }
+                    let fm = g.square(&f);
+                    gemm(s, fm, vu_k, E::one(), g.block_rows_mut(&mut acc.dqc, k));
+                    gemm(s, fm.t(), qc_k, E::one(), g.block_rows_mut(&mut acc.dvu, k));
+                }
+                if k > j {
+                    gemm(
+                        E::one(),
+                        d_kj.t(),
+                        qc_k,
+                        E::one(),
+                        MatMut::new(&mut r_sum, bs, d, d),
+                    );
+                }
+            }
+            let mut c = vec![E::zero(); bs * d];
+            for i in j + 1..n {
+                if g.in_band(j, i - 1) {
+                    accumulate_keys(g, x, sig.get(j, i - 1), i - 1, &mut c);
+                }
+                let d_ij = g.square(d_su.get(i, j));
+                gemm(
+                    s,
+                    d_ij,
+                    Mat::new(&c, bs, d, d),
+                    E::one(),
+                    g.block_rows_mut(&mut acc.dqc, i),
+                );
+            }
+        },
+        LookaheadGrads::merge,
+    )
+}
