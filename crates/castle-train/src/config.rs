@@ -127,9 +127,9 @@ impl Default for CheckpointConfig {
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// burn's `ndarray` CPU backend.
-    #[default]
     Ndarray,
-    /// burn's `flex` CPU backend.
+    /// burn's `flex` CPU backend: the default, it trains faster here (`docs/benchmarks.md`).
+    #[default]
     Flex,
     /// burn's CUDA backend (build with `--features cuda`).
     Cuda,
