@@ -209,7 +209,10 @@ mod tests {
             let got = f32::exp_nonpositive(x) as f64;
             worst = worst.max((got - exact).abs() / exact);
         }
-        assert!(worst < 4.0 * f32::EPSILON as f64, "worst relative error {worst:e}");
+        assert!(
+            worst < 4.0 * f32::EPSILON as f64,
+            "worst relative error {worst:e}"
+        );
         assert!(f32::exp_nonpositive(-1e4) < 2e-38);
         assert!(f32::exp_nonpositive(f32::NAN).is_nan());
     }

@@ -92,14 +92,17 @@ fn head<E: Elem>(x: &[E], h: usize, g: &Blocking) -> Vec<E> {
     out
 }
 
-/// Per-head results, each cropped to `len` rows, packed back to `[heads, len, d]`.
-fn pack<E: Elem>(g: &Blocking, heads: impl Iterator<Item = Vec<E>>) -> Vec<E> {
-    heads
-        .flat_map(|mut x| {
-            x.truncate(g.len * g.d);
-            x
-        })
-        .collect()
+/// Per-head results, `N` per head, each cropped to `len` rows and packed back to
+/// `[heads, len, d]`.
+fn pack<E: Elem, const N: usize>(g: &Blocking, per_head: Vec<[Vec<E>; N]>) -> [Vec<E>; N] {
+    let size = per_head.len() * g.len * g.d;
+    let mut packed: [Vec<E>; N] = std::array::from_fn(|_| Vec::with_capacity(size));
+    for results in per_head {
+        for (all, one) in packed.iter_mut().zip(results) {
+            all.extend_from_slice(&one[..g.len * g.d]);
+        }
+    }
+    packed
 }
 
 /// CASTLE attention output `[heads, len, d]` (eq. 3-8; eq. 9 with a window).
@@ -128,7 +131,7 @@ pub fn castle_forward<E: Elem>(
             (sig, softmax)
         })
         .collect();
-    let out = pack(&g, heads.iter().map(|(_, s)| s.out.clone()));
+    let [out] = pack(&g, heads.iter().map(|(_, s)| [s.out.clone()]).collect());
     (out, CastleSaved { heads })
 }
 
@@ -167,19 +170,7 @@ pub fn castle_backward<E: Elem>(
             [la.dqu, la.dku, la.dvu, sm.dq, sm.dk, sm.dv, la.dqc]
         })
         .collect();
-    let mut per_input: Vec<Vec<Vec<E>>> = (0..7).map(|_| Vec::with_capacity(shape.heads)).collect();
-    for head_grads in grads {
-        for (all, one) in per_input.iter_mut().zip(head_grads) {
-            all.push(one);
-        }
-    }
-    let [qu, ku, vu, qc, kc, vc, qc_nope] = <[_; 7]>::try_from(
-        per_input
-            .into_iter()
-            .map(|hs| pack(&g, hs.into_iter()))
-            .collect::<Vec<_>>(),
-    )
-    .expect("seven inputs");
+    let [qu, ku, vu, qc, kc, vc, qc_nope] = pack(&g, grads);
     CastleHost {
         qu,
         ku,
@@ -205,7 +196,7 @@ pub fn causal_forward<E: Elem>(
             causal_softmax::forward(&g, &q, &k, &v, None)
         })
         .collect();
-    let out = pack(&g, heads.iter().map(|s| s.out.clone()));
+    let [out] = pack(&g, heads.iter().map(|s| [s.out.clone()]).collect());
     (out, CausalSaved { heads })
 }
 
@@ -228,11 +219,5 @@ pub fn causal_backward<E: Elem>(
             [sm.dq, sm.dk, sm.dv]
         })
         .collect();
-    let mut out: [Vec<Vec<E>>; 3] = Default::default();
-    for head_grads in grads {
-        for (all, one) in out.iter_mut().zip(head_grads) {
-            all.push(one);
-        }
-    }
-    out.map(|hs| pack(&g, hs.into_iter()))
+    pack(&g, grads)
 }
