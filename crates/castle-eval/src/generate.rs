@@ -9,6 +9,8 @@ use anyhow::{bail, Result};
 use burn::prelude::*;
 use castle_model::{AttentionBackend, CastleLm};
 
+use crate::mc::argmax;
+
 /// SplitMix64: a small, seedable generator, so a seed gives the same text everywhere.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -50,17 +52,6 @@ impl Default for SamplingOptions {
             seed: 0,
         }
     }
-}
-
-/// Index of the largest value (the first of equals).
-pub fn argmax(logits: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Draws a token from `logits` (greedy when the temperature is 0).
@@ -159,40 +150,33 @@ pub fn generate<B: AttentionBackend>(
     eot: Option<u32>,
     options: &SamplingOptions,
     device: &B::Device,
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, model.config.max_seq_len)?;
-    let mut rng = Rng::new(options.seed);
-    let mut out = Generation {
-        prompt_tokens: prompt.len(),
-        tokens: vec![],
-        stopped_at_eot: false,
-        prefill_s: 0.0,
-        decode_s: 0.0,
+    let mut cache = None;
+    let next_logits = |sequence: &[u32]| {
+        let logits = match &mut cache {
+            None => {
+                let (logits, prefilled) = model.prefill(token_tensor::<B>(sequence, device));
+                cache = Some(prefilled);
+                logits
+            }
+            Some(cache) => {
+                let last = &sequence[sequence.len() - 1..];
+                model.decode(token_tensor::<B>(last, device), cache)
+            }
+        };
+        last_logits(logits)
     };
-    if max_new_tokens == 0 {
-        return Ok(out);
-    }
-    let start = Instant::now();
-    let (logits, mut cache) = model.prefill(token_tensor::<B>(prompt, device));
-    let mut next = sample(&last_logits(logits), options, &mut rng) as u32;
-    out.prefill_s = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    loop {
-        if Some(next) == eot {
-            out.stopped_at_eot = true;
-            break;
-        }
-        out.tokens.push(next);
-        on_token(next);
-        if out.tokens.len() == max_new_tokens {
-            break;
-        }
-        let logits = model.decode(token_tensor::<B>(&[next], device), &mut cache);
-        next = sample(&last_logits(logits), options, &mut rng) as u32;
-    }
-    out.decode_s = start.elapsed().as_secs_f64();
-    Ok(out)
+    let max_seq_len = model.config.max_seq_len;
+    sample_loop(
+        prompt,
+        max_new_tokens,
+        max_seq_len,
+        eot,
+        options,
+        on_token,
+        next_logits,
+    )
 }
 
 /// [`generate`] without a cache: a full `forward` over the prompt and everything generated so
@@ -204,9 +188,34 @@ pub fn generate_uncached<B: AttentionBackend>(
     eot: Option<u32>,
     options: &SamplingOptions,
     device: &B::Device,
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, model.config.max_seq_len)?;
+    let next_logits =
+        |sequence: &[u32]| last_logits(model.forward(token_tensor::<B>(sequence, device)));
+    let max_seq_len = model.config.max_seq_len;
+    sample_loop(
+        prompt,
+        max_new_tokens,
+        max_seq_len,
+        eot,
+        options,
+        on_token,
+        next_logits,
+    )
+}
+
+/// The loop both share: `next_logits(sequence)` gives the last position's logits after the
+/// prompt and the tokens so far. The first call (over the whole prompt) is timed as the prefill.
+fn sample_loop(
+    prompt: &[u32],
+    max_new_tokens: usize,
+    max_seq_len: usize,
+    eot: Option<u32>,
+    options: &SamplingOptions,
+    mut on_token: impl FnMut(u32),
+    mut next_logits: impl FnMut(&[u32]) -> Vec<f32>,
+) -> Result<Generation> {
+    let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, max_seq_len)?;
     let mut rng = Rng::new(options.seed);
     let mut sequence = prompt.to_vec();
     let mut out = Generation {
@@ -216,10 +225,13 @@ pub fn generate_uncached<B: AttentionBackend>(
         prefill_s: 0.0,
         decode_s: 0.0,
     };
-    let start = Instant::now();
+    let mut start = Instant::now();
     while out.tokens.len() < max_new_tokens {
-        let logits = model.forward(token_tensor::<B>(&sequence, device));
-        let next = sample(&last_logits(logits), options, &mut rng) as u32;
+        let next = sample(&next_logits(&sequence), options, &mut rng) as u32;
+        if sequence.len() == prompt.len() {
+            out.prefill_s = start.elapsed().as_secs_f64();
+            start = Instant::now();
+        }
         if Some(next) == eot {
             out.stopped_at_eot = true;
             break;

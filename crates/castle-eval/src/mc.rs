@@ -114,7 +114,7 @@ pub trait Scorer {
 }
 
 /// The index of the largest value, the first of equals (numpy's `argmax`).
-pub fn argmax(values: &[f64]) -> usize {
+pub fn argmax<T: PartialOrd + Copy>(values: &[T]) -> usize {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] {

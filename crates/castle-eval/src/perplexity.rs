@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use castle_data::{read_documents, validation_windows, InputFormat, Tok};
-use castle_model::{AttentionBackend, CastleLm};
 use castle_train::checkpoint::Checkpoint;
 
 /// Windows of `seq_len + 1` tokens at `0, seq_len, 2 seq_len, ...`, as many as fit while the
@@ -104,14 +103,4 @@ pub fn load_windows(
         );
     }
     Ok((windows, what))
-}
-
-/// Token-weighted mean loss over `windows`: the trainer's validation computation.
-pub fn mean_loss<B: AttentionBackend>(
-    model: &CastleLm<B>,
-    windows: &[Vec<u32>],
-    batch_size: usize,
-    device: &B::Device,
-) -> f64 {
-    castle_train::validation::mean_loss(model, windows, batch_size.max(1), device)
 }

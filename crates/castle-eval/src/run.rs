@@ -182,7 +182,9 @@ fn run_perplexity<B: AttentionBackend>(
         request.tokens,
     )?;
     let batch = request.batch_size.unwrap_or(config.train.batch_size);
-    let val_loss = perplexity::mean_loss(&loaded.model, &windows, batch, device);
+    // The trainer's own validation computation, so the two agree exactly.
+    let val_loss =
+        castle_train::validation::mean_loss(&loaded.model, &windows, batch.max(1), device);
     Ok(PerplexityReport {
         val_loss,
         val_ppl: val_loss.exp(),

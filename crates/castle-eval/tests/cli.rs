@@ -1,6 +1,9 @@
 //! End to end through the `castle-eval` binary on a tiny checkpoint trained in-process with
 //! `configs/tiny.toml` on a synthetic corpus (trained once, shared by the tests).
 
+#[path = "../../castle-train/tests/common/corpus.rs"]
+mod corpus;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -8,66 +11,13 @@ use std::sync::OnceLock;
 use burn::backend::{Autodiff, NdArray};
 use castle_train::metrics::read_metrics;
 use castle_train::RunConfig;
+use corpus::write_corpus;
 use serde_json::Value;
 
 struct Trained {
     _dir: tempfile::TempDir,
     root: PathBuf,
     final_val_loss: f64,
-}
-
-/// `docs` text files of pseudo-random English-like sentences under `dir/corpus`.
-fn write_corpus(dir: &Path, docs: usize) -> PathBuf {
-    let words = [
-        "the",
-        "union",
-        "state",
-        "of",
-        "congress",
-        "people",
-        "nation",
-        "law",
-        "peace",
-        "war",
-        "trade",
-        "public",
-        "great",
-        "free",
-        "and",
-        "to",
-        "in",
-        "we",
-        "our",
-        "shall",
-        "must",
-        "year",
-        "government",
-        "citizens",
-        "country",
-        "world",
-        "has",
-        "have",
-        "been",
-        "will",
-    ];
-    let corpus = dir.join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    let mut x: u64 = 12345;
-    for d in 0..docs {
-        let mut text = String::new();
-        for s in 0..60 {
-            for w in 0..(6 + (s % 7)) {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                text.push_str(words[((x >> 33) as usize + w) % words.len()]);
-                text.push(' ');
-            }
-            text.push_str(". ");
-        }
-        std::fs::write(corpus.join(format!("doc-{d:03}.txt")), text).unwrap();
-    }
-    corpus
 }
 
 fn trained() -> &'static Trained {

@@ -121,14 +121,16 @@ pub fn train<B: TrainBackend>(
     for step in state.step + 1..=steps {
         let lr = learning_rate(&config.train, step);
         let mut accumulator = GradientsAccumulator::<CastleLm<B>>::new();
-        let mut loss_sum = 0.0;
+        let mut loss_sum = None;
         for _ in 0..accumulation {
             let tokens = sampler.next_batch(&data.train, batch);
             let (loss, grads) = micro_batch_gradients(&model, &tokens, batch, accumulation, device);
-            loss_sum += loss;
+            loss_sum = Some(loss_sum.map_or(loss.clone(), |sum| sum + loss));
             accumulator.accumulate(&model, grads);
         }
-        let train_loss = loss_sum / accumulation as f64;
+        // One read of the loss per step, after all micro-batches are queued.
+        let loss_sum = loss_sum.expect("at least one micro-batch");
+        let train_loss = loss_sum.into_scalar().elem::<f64>() / accumulation as f64;
         let grad_norm;
         (model, grad_norm) = optim.step(lr, model, accumulator.grads());
         if !train_loss.is_finite() || !grad_norm.is_finite() {
@@ -210,17 +212,18 @@ pub fn train<B: TrainBackend>(
     Ok(summary)
 }
 
-/// Mean loss of one micro-batch and its gradients, scaled by `1 / accumulation`.
+/// Mean loss of one micro-batch (detached, not yet read from the device) and its gradients,
+/// scaled by `1 / accumulation`.
 pub fn micro_batch_gradients<B: TrainBackend>(
     model: &CastleLm<B>,
     tokens: &[u32],
     batch: usize,
     accumulation: usize,
     device: &B::Device,
-) -> (f64, GradientsParams) {
+) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
     let (inputs, targets) = inputs_and_targets::<B>(tokens, batch, device);
     let loss = token_nll(model.forward(inputs), targets).mean();
-    let value = loss.clone().into_scalar().elem::<f64>();
+    let value = loss.clone().inner();
     let grads = (loss / accumulation as f64).backward();
     (value, GradientsParams::from_grads(grads, model))
 }
@@ -261,37 +264,37 @@ fn load_for_resume<B: TrainBackend>(
 ) -> Result<(CastleLm<B>, AdamWGroups<B>, TrainState)> {
     let ckpt = checkpoint::read(dir)?;
     let saved = &ckpt.config;
-    let same = |key: &str, a: String, b: String| -> Result<()> {
-        if a != b {
-            bail!("{}: {key} was {a} when this run started, the config now says {b}; resume with the same value or pick a new run.dir", dir.display());
+    for (key, was, now) in [
+        (
+            "[model]",
+            format!("{:?}", saved.model),
+            format!("{:?}", config.model),
+        ),
+        (
+            "run.seed",
+            saved.run.seed.to_string(),
+            config.run.seed.to_string(),
+        ),
+        (
+            "train.seq_len",
+            saved.train.seq_len.to_string(),
+            config.train.seq_len.to_string(),
+        ),
+        (
+            "train.batch_size",
+            saved.train.batch_size.to_string(),
+            config.train.batch_size.to_string(),
+        ),
+        (
+            "train.tokens_per_step",
+            saved.tokens_per_step().to_string(),
+            config.tokens_per_step().to_string(),
+        ),
+    ] {
+        if was != now {
+            bail!("{}: {key} was {was} when this run started, the config now says {now}; resume with the same value or pick a new run.dir", dir.display());
         }
-        Ok(())
-    };
-    same(
-        "[model]",
-        format!("{:?}", saved.model),
-        format!("{:?}", config.model),
-    )?;
-    same(
-        "run.seed",
-        saved.run.seed.to_string(),
-        config.run.seed.to_string(),
-    )?;
-    same(
-        "train.seq_len",
-        saved.train.seq_len.to_string(),
-        config.train.seq_len.to_string(),
-    )?;
-    same(
-        "train.batch_size",
-        saved.train.batch_size.to_string(),
-        config.train.batch_size.to_string(),
-    )?;
-    same(
-        "train.tokens_per_step",
-        saved.tokens_per_step().to_string(),
-        config.tokens_per_step().to_string(),
-    )?;
+    }
     if ckpt.state.tokenizer_sha256 != data.tokenizer.hash_hex() {
         bail!(
             "{}: trained with tokenizer sha256 {}, but the prepared data in {} uses {}",

@@ -125,6 +125,8 @@ struct Partial<E> {
     dk: Vec<E>,
     dv: Vec<E>,
     d_lookahead_rows: Vec<(usize, Vec<Vec<E>>)>,
+    /// `dP`, then `dZ`, of the query block in hand; reused from block to block.
+    dz: Vec<E>,
 }
 
 impl<E: Elem> Partial<E> {
@@ -134,6 +136,7 @@ impl<E: Elem> Partial<E> {
             dk: vec![E::zero(); len],
             dv: vec![E::zero(); len],
             d_lookahead_rows: Vec::new(),
+            dz: Vec::new(),
         }
     }
 
@@ -169,7 +172,8 @@ pub fn backward<E: Elem>(
             let w = (i + 1) * bs;
             let p = &saved.probs[i];
             // dP = dO_I V^T, then dZ = P (.) (dP - rowsum(dO (.) O)).
-            let mut dz = vec![E::zero(); bs * w];
+            let dz = &mut acc.dz;
+            dz.resize(bs * w, E::zero()); // overwritten by the product below
             let d_out_i = Mat::rows(d_out, i * bs, bs, d);
             let v_all = Mat::rows(v, 0, w, d);
             gemm(
@@ -177,7 +181,7 @@ pub fn backward<E: Elem>(
                 d_out_i,
                 v_all.t(),
                 E::zero(),
-                MatMut::new(&mut dz, bs, w, w),
+                MatMut::new(dz.as_mut_slice(), bs, w, w),
             );
             for r in 0..bs {
                 let o = &saved.out[(i * bs + r) * d..(i * bs + r + 1) * d];
@@ -187,7 +191,7 @@ pub fn backward<E: Elem>(
                     dz[r * w + c] = p[r * w + c] * (dz[r * w + c] - delta);
                 }
             }
-            let (p, dz_m) = (Mat::new(p, bs, w, w), Mat::new(&dz, bs, w, w));
+            let (p, dz_m) = (Mat::new(p, bs, w, w), Mat::new(dz, bs, w, w));
             let k_all = Mat::rows(k, 0, w, d);
             gemm(
                 s,

@@ -109,8 +109,16 @@ fn accumulate_keys<E: Elem>(
     );
 }
 
-/// `S_U` (lower block triangle) and the `sig` blocks the backward pass reuses.
-pub fn forward<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> (Blocks<E>, Blocks<E>) {
+/// What the backward pass reuses from the forward pass: the `sig` blocks of every owner's band
+/// and `diag_I` of every block.
+#[derive(Debug)]
+pub struct LookaheadSaved<E> {
+    sig: Blocks<E>,
+    diag: Vec<Vec<E>>,
+}
+
+/// `S_U` (lower block triangle) and what the backward pass reuses.
+pub fn forward<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> (Blocks<E>, LookaheadSaved<E>) {
     let (bs, d, n) = (g.bs, g.d, g.n);
     let diag = diagonals(g, x);
     let columns: Vec<_> = (0..n)
@@ -157,7 +165,7 @@ pub fn forward<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> (Blocks<E>, Blo
             su.set(j + i, j, block);
         }
     }
-    (su, sig)
+    (su, LookaheadSaved { sig, diag })
 }
 
 impl<E: Elem> LookaheadGrads<E> {
@@ -183,16 +191,16 @@ impl<E: Elem> LookaheadGrads<E> {
     }
 }
 
-/// Gradients of the four lookahead inputs from `d_su = dLoss/dS_U` and the forward's `sig`.
+/// Gradients of the four lookahead inputs from `d_su = dLoss/dS_U` and the forward's state.
 pub fn backward<E: Elem>(
     g: &Blocking,
     x: &LookaheadInputs<E>,
-    sig: &Blocks<E>,
+    saved: &LookaheadSaved<E>,
     d_su: &Blocks<E>,
 ) -> LookaheadGrads<E> {
     let (bs, d, n) = (g.bs, g.d, g.n);
     let s: E = g.scale();
-    let diag = diagonals(g, x);
+    let LookaheadSaved { sig, diag } = saved;
     let len = g.padded() * d;
     sum_over_workers(
         n,

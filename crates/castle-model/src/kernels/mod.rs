@@ -12,7 +12,8 @@
 //! - [`backend`]: the [`AttentionBackend`] trait that puts them behind burn tensors, with their
 //!   own backward pass registered in burn's autodiff graph.
 //!
-//! The functions here take all heads packed `[heads, len, d]`; each head is zero-padded to a
+//! [`HostKernel`] is what a kernel offers: [`Castle`] and [`Causal`] take all heads packed
+//! `[heads, len, d]`; each head is zero-padded to a
 //! whole number of blocks and cropped back. The burn tensor-op forms in `crate::attention` are
 //! the references these kernels are tested against.
 
@@ -25,11 +26,13 @@ pub mod lookahead;
 pub use backend::{AttentionBackend, TrainBackend};
 pub use gemm::Elem;
 
+use std::fmt::Debug;
+
 use rayon::prelude::*;
 
-use blocks::{Blocking, Blocks};
+use blocks::Blocking;
 use causal_softmax::SoftmaxSaved;
-use lookahead::LookaheadInputs;
+use lookahead::{LookaheadInputs, LookaheadSaved};
 
 /// The layout of every array here: `heads` (batch times heads) packed `len x d` matrices.
 #[derive(Debug, Clone, Copy)]
@@ -39,30 +42,40 @@ pub struct HeadsShape {
     pub d: usize,
 }
 
-/// The seven CASTLE inputs of all heads, in [`crate::attention::CastleHeads`]' order; also
-/// used for their gradients.
-#[derive(Debug, Clone)]
-pub struct CastleHost<E> {
-    pub qu: Vec<E>,
-    pub ku: Vec<E>,
-    pub vu: Vec<E>,
-    pub qc: Vec<E>,
-    pub kc: Vec<E>,
-    pub vc: Vec<E>,
-    pub qc_nope: Vec<E>,
+/// A fused attention on host memory: `N` inputs and one output, each `[heads, len, d]`.
+pub trait HostKernel<const N: usize>: Copy + Send + Sync + Debug + 'static {
+    /// What a forward pass keeps for its backward pass.
+    type Saved<E: Elem>: Send + Sync + Debug;
+
+    fn forward<E: Elem>(&self, x: [&[E]; N], shape: HeadsShape) -> (Vec<E>, Self::Saved<E>);
+
+    /// Gradients of the `N` inputs given `d_out = dLoss/d(output)`.
+    fn backward<E: Elem>(
+        &self,
+        x: [&[E]; N],
+        shape: HeadsShape,
+        saved: &Self::Saved<E>,
+        d_out: &[E],
+    ) -> [Vec<E>; N];
 }
 
-/// What a forward pass keeps per head for its backward pass.
-#[derive(Debug)]
-pub struct CastleSaved<E> {
-    /// Per head, the lookahead weights `sig` and the softmax's saved state.
-    heads: Vec<(Blocks<E>, SoftmaxSaved<E>)>,
+/// CASTLE attention (eq. 3-8; eq. 9 with a window). Inputs in
+/// [`crate::attention::CastleHeads`]' order: `qu, ku, vu, qc, kc, vc, qc_nope`.
+#[derive(Debug, Clone, Copy)]
+pub struct Castle {
+    pub window: Option<usize>,
+    pub block: usize,
 }
 
-#[derive(Debug)]
-pub struct CausalSaved<E> {
-    heads: Vec<SoftmaxSaved<E>>,
+/// Causal softmax attention `softmax(s Q K^T + causal mask) V`. Inputs `q, k, v`.
+#[derive(Debug, Clone, Copy)]
+pub struct Causal {
+    pub block: usize,
 }
+
+/// Per head, what the lookahead and the softmax forward passes keep.
+#[derive(Debug)]
+pub struct CastleSaved<E>(Vec<(LookaheadSaved<E>, SoftmaxSaved<E>)>);
 
 /// Sums `f`'s contributions over items `0..n` with one accumulator per rayon thread: item `i`
 /// goes to worker `i % T`, which balances items whose cost grows or shrinks with `i`, and keeps
@@ -105,119 +118,97 @@ fn pack<E: Elem, const N: usize>(g: &Blocking, per_head: Vec<[Vec<E>; N]>) -> [V
     packed
 }
 
-/// CASTLE attention output `[heads, len, d]` (eq. 3-8; eq. 9 with a window).
-pub fn castle_forward<E: Elem>(
-    x: &CastleHost<E>,
-    shape: HeadsShape,
-    window: Option<usize>,
-    block: usize,
-) -> (Vec<E>, CastleSaved<E>) {
-    let g = Blocking::new(shape.len, shape.d, block, window);
-    let heads: Vec<_> = (0..shape.heads)
-        .into_par_iter()
-        .map(|h| {
-            let [qu, ku, vu, qc] = [&x.qu, &x.ku, &x.vu, &x.qc_nope].map(|t| head(t, h, &g));
-            let (su, sig) = lookahead::forward(
-                &g,
-                &LookaheadInputs {
-                    qu: &qu,
-                    ku: &ku,
-                    vu: &vu,
-                    qc: &qc,
-                },
-            );
-            let [qc, kc, vc] = [&x.qc, &x.kc, &x.vc].map(|t| head(t, h, &g));
-            let softmax = causal_softmax::forward(&g, &qc, &kc, &vc, Some(&su));
-            (sig, softmax)
-        })
-        .collect();
-    let [out] = pack(&g, heads.iter().map(|(_, s)| [s.out.clone()]).collect());
-    (out, CastleSaved { heads })
-}
+impl HostKernel<7> for Castle {
+    type Saved<E: Elem> = CastleSaved<E>;
 
-/// Gradients of the seven inputs given `d_out = dLoss/d(output)`, `[heads, len, d]`.
-pub fn castle_backward<E: Elem>(
-    x: &CastleHost<E>,
-    shape: HeadsShape,
-    window: Option<usize>,
-    block: usize,
-    saved: &CastleSaved<E>,
-    d_out: &[E],
-) -> CastleHost<E> {
-    let g = Blocking::new(shape.len, shape.d, block, window);
-    let grads: Vec<[Vec<E>; 7]> = saved
-        .heads
-        .par_iter()
-        .enumerate()
-        .map(|(h, (sig, softmax))| {
-            let [qc, kc, vc, d_out] = [&x.qc, &x.kc, &x.vc, d_out].map(|t| head(t, h, &g));
-            let sm = causal_softmax::backward(&g, &qc, &kc, &vc, softmax, &d_out);
-            let d_su = sm
-                .d_lookahead
-                .expect("the forward pass had a lookahead term");
-            let [qu, ku, vu, qc] = [&x.qu, &x.ku, &x.vu, &x.qc_nope].map(|t| head(t, h, &g));
-            let la = lookahead::backward(
-                &g,
-                &LookaheadInputs {
+    fn forward<E: Elem>(&self, x: [&[E]; 7], shape: HeadsShape) -> (Vec<E>, CastleSaved<E>) {
+        let g = Blocking::new(shape.len, shape.d, self.block, self.window);
+        let heads: Vec<_> = (0..shape.heads)
+            .into_par_iter()
+            .map(|h| {
+                let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(|t| head(t, h, &g));
+                let la = LookaheadInputs {
                     qu: &qu,
                     ku: &ku,
                     vu: &vu,
-                    qc: &qc,
-                },
-                sig,
-                &d_su,
-            );
-            [la.dqu, la.dku, la.dvu, sm.dq, sm.dk, sm.dv, la.dqc]
-        })
-        .collect();
-    let [qu, ku, vu, qc, kc, vc, qc_nope] = pack(&g, grads);
-    CastleHost {
-        qu,
-        ku,
-        vu,
-        qc,
-        kc,
-        vc,
-        qc_nope,
+                    qc: &qc_nope,
+                };
+                let (su, la_saved) = lookahead::forward(&g, &la);
+                (
+                    la_saved,
+                    causal_softmax::forward(&g, &qc, &kc, &vc, Some(&su)),
+                )
+            })
+            .collect();
+        let [out] = pack(&g, heads.iter().map(|(_, s)| [s.out.clone()]).collect());
+        (out, CastleSaved(heads))
+    }
+
+    fn backward<E: Elem>(
+        &self,
+        x: [&[E]; 7],
+        shape: HeadsShape,
+        saved: &CastleSaved<E>,
+        d_out: &[E],
+    ) -> [Vec<E>; 7] {
+        let g = Blocking::new(shape.len, shape.d, self.block, self.window);
+        let grads = saved
+            .0
+            .par_iter()
+            .enumerate()
+            .map(|(h, (la_saved, softmax))| {
+                let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(|t| head(t, h, &g));
+                let sm = causal_softmax::backward(&g, &qc, &kc, &vc, softmax, &head(d_out, h, &g));
+                let d_su = sm
+                    .d_lookahead
+                    .expect("the forward pass had a lookahead term");
+                let la = LookaheadInputs {
+                    qu: &qu,
+                    ku: &ku,
+                    vu: &vu,
+                    qc: &qc_nope,
+                };
+                let la = lookahead::backward(&g, &la, la_saved, &d_su);
+                [la.dqu, la.dku, la.dvu, sm.dq, sm.dk, sm.dv, la.dqc]
+            })
+            .collect();
+        pack(&g, grads)
     }
 }
 
-/// Baseline causal softmax attention output `[heads, len, d]`.
-pub fn causal_forward<E: Elem>(
-    [q, k, v]: [&[E]; 3],
-    shape: HeadsShape,
-    block: usize,
-) -> (Vec<E>, CausalSaved<E>) {
-    let g = Blocking::new(shape.len, shape.d, block, None);
-    let heads: Vec<_> = (0..shape.heads)
-        .into_par_iter()
-        .map(|h| {
-            let [q, k, v] = [q, k, v].map(|t| head(t, h, &g));
-            causal_softmax::forward(&g, &q, &k, &v, None)
-        })
-        .collect();
-    let [out] = pack(&g, heads.iter().map(|s| [s.out.clone()]).collect());
-    (out, CausalSaved { heads })
-}
+impl HostKernel<3> for Causal {
+    type Saved<E: Elem> = Vec<SoftmaxSaved<E>>;
 
-/// Gradients `[dq, dk, dv]` of the baseline attention.
-pub fn causal_backward<E: Elem>(
-    [q, k, v]: [&[E]; 3],
-    shape: HeadsShape,
-    block: usize,
-    saved: &CausalSaved<E>,
-    d_out: &[E],
-) -> [Vec<E>; 3] {
-    let g = Blocking::new(shape.len, shape.d, block, None);
-    let grads: Vec<[Vec<E>; 3]> = saved
-        .heads
-        .par_iter()
-        .enumerate()
-        .map(|(h, softmax)| {
-            let [q, k, v, d_out] = [q, k, v, d_out].map(|t| head(t, h, &g));
-            let sm = causal_softmax::backward(&g, &q, &k, &v, softmax, &d_out);
-            [sm.dq, sm.dk, sm.dv]
-        })
-        .collect();
-    pack(&g, grads)
+    fn forward<E: Elem>(&self, x: [&[E]; 3], shape: HeadsShape) -> (Vec<E>, Vec<SoftmaxSaved<E>>) {
+        let g = Blocking::new(shape.len, shape.d, self.block, None);
+        let heads: Vec<_> = (0..shape.heads)
+            .into_par_iter()
+            .map(|h| {
+                let [q, k, v] = x.map(|t| head(t, h, &g));
+                causal_softmax::forward(&g, &q, &k, &v, None)
+            })
+            .collect();
+        let [out] = pack(&g, heads.iter().map(|s| [s.out.clone()]).collect());
+        (out, heads)
+    }
+
+    fn backward<E: Elem>(
+        &self,
+        x: [&[E]; 3],
+        shape: HeadsShape,
+        saved: &Vec<SoftmaxSaved<E>>,
+        d_out: &[E],
+    ) -> [Vec<E>; 3] {
+        let g = Blocking::new(shape.len, shape.d, self.block, None);
+        let grads = saved
+            .par_iter()
+            .enumerate()
+            .map(|(h, softmax)| {
+                let [q, k, v] = x.map(|t| head(t, h, &g));
+                let sm = causal_softmax::backward(&g, &q, &k, &v, softmax, &head(d_out, h, &g));
+                [sm.dq, sm.dk, sm.dv]
+            })
+            .collect();
+        pack(&g, grads)
+    }
 }
