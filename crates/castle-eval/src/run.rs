@@ -231,34 +231,25 @@ fn run_generation<B: AttentionBackend>(
         }
     };
     let eot = Some(tok.eot_id());
-    let (generation, cache) = if request.no_cache {
-        let g = generate::generate_uncached(
-            &loaded.model,
-            &prompt,
-            max_new_tokens,
-            eot,
-            &request.sampling,
-            device,
-            on_token,
-        )?;
-        (g, "none".to_string())
+    let (run, cache): (fn(_, _, _, _, _, _, _) -> _, _) = if request.no_cache {
+        (generate::generate_uncached, "none".to_string())
     } else {
-        let g = generate::generate(
-            &loaded.model,
-            &prompt,
-            max_new_tokens,
-            eot,
-            &request.sampling,
-            device,
-            on_token,
-        )?;
         let cache = match (model_config.attention, model_config.lookahead_window()) {
             (AttentionKind::Baseline, _) => "kv".to_string(),
             (_, None) => "uq-kv".to_string(),
             (_, Some(w)) => format!("uq-kv (window {w})"),
         };
-        (g, cache)
+        (generate::generate, cache)
     };
+    let generation = run(
+        &loaded.model,
+        &prompt,
+        max_new_tokens,
+        eot,
+        &request.sampling,
+        device,
+        on_token,
+    )?;
     if let Some(e) = stream_error {
         return Err(e);
     }
