@@ -81,14 +81,35 @@ impl BatchSampler {
     /// The next batch: `batch_size` windows of `seq_len + 1` tokens, row-major.
     /// Panics if `shard` is not the `num_tokens`-long shard this sampler was made for.
     pub fn next_batch(&mut self, shard: &Shard, batch_size: usize) -> Vec<u32> {
+        self.next_batch_part(shard, batch_size, 0, 1)
+    }
+
+    /// Rank `rank` of `world`'s part of the next global batch of `batch_size` windows: rows
+    /// `rank * batch_size / world .. (rank + 1) * batch_size / world`. The parts of all ranks,
+    /// concatenated in rank order, are exactly [`Self::next_batch`]'s batch, so the data order
+    /// does not depend on the number of ranks. Every rank must call this once per global batch.
+    /// Panics if `batch_size` is not a multiple of `world` or `rank >= world`.
+    pub fn next_batch_part(
+        &mut self,
+        shard: &Shard,
+        batch_size: usize,
+        rank: usize,
+        world: usize,
+    ) -> Vec<u32> {
         assert_eq!(
             shard.len(),
             self.num_tokens,
             "sampler built for a shard of another length"
         );
+        assert!(
+            rank < world && batch_size % world == 0,
+            "rank {rank} of {world} cannot take an equal part of a batch of {batch_size}"
+        );
+        let rows = batch_size / world;
+        let first = (rank * rows) as u64;
         let batch = self.state.batches_drawn;
-        let mut out = Vec::with_capacity(batch_size * (self.seq_len + 1));
-        for row in 0..batch_size as u64 {
+        let mut out = Vec::with_capacity(rows * (self.seq_len + 1));
+        for row in first..first + rows as u64 {
             shard.extend_window(self.start(batch, row), self.seq_len + 1, &mut out);
         }
         self.state.batches_drawn += 1;

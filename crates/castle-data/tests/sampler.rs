@@ -95,3 +95,22 @@ fn validation_windows_are_fixed() {
     assert_eq!(validation_windows(&shard, 10, 35).len(), 3);
     assert!(validation_windows(&shard, 100, 1_000).is_empty());
 }
+
+#[test]
+fn rank_parts_concatenate_to_the_global_batch() {
+    let (_d, shard) = shard(5000);
+    let mut whole = BatchSampler::new(shard.len(), 16, 9).unwrap();
+    let mut ranks: Vec<_> = (0..3)
+        .map(|_| BatchSampler::new(shard.len(), 16, 9).unwrap())
+        .collect();
+    for _ in 0..5 {
+        let expected = whole.next_batch(&shard, 6);
+        let parts: Vec<u32> = ranks
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(r, s)| s.next_batch_part(&shard, 6, r, 3))
+            .collect();
+        assert_eq!(parts, expected);
+    }
+    assert_eq!(ranks[2].state(), whole.state());
+}
