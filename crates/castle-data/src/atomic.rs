@@ -1,4 +1,5 @@
-//! Atomic file writes: a temp file beside the target, fsync, then rename.
+//! Atomic file writes: a temp file beside the target, fsync, then rename. The workspace's one
+//! implementation (castle-train's checkpoints, metrics and summaries use it too).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -17,7 +18,7 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 
 /// Writes through `fill` into a temp file, syncs it and renames it onto `path`.
 /// On any error the temp file is removed and `path` is untouched.
-pub(crate) fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+pub fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         let mut file =
@@ -35,7 +36,7 @@ pub(crate) fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> Result<()>
 }
 
 /// Writes `bytes` to `path` atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |f| {
         f.write_all(bytes)
             .with_context(|| format!("cannot write {}", path.display()))

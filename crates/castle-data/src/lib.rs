@@ -4,7 +4,7 @@
 //! the trainer's TOML ([`DataConfig`]). See the crate README for the shard
 //! format and for using other corpora.
 
-mod atomic;
+pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod corpus;
@@ -13,6 +13,7 @@ pub mod sampler;
 pub mod shard;
 pub mod tokenizer;
 
+pub use atomic::write_atomic;
 pub use config::{DataConfig, InputFormat, DEFAULT_SOURCE};
 pub use corpus::read_documents;
 pub use prepare::{
