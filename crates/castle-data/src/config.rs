@@ -11,7 +11,7 @@ use crate::tokenizer::MIN_VOCAB_SIZE;
 pub const DEFAULT_SOURCE: &str = "data/sotu";
 
 /// How documents are read from `data.source`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     /// Chosen per file by extension: `.txt`/`.text`/`.md` → text,
@@ -25,6 +25,10 @@ pub enum InputFormat {
     Jsonl,
     /// A Parquet file; every row's `data.text_field` column is a document.
     Parquet,
+    /// Pre-tokenized llm.c / modded-nanogpt shards (`.bin`: 256 little-endian int32 header with
+    /// magic 20240520, version 1, token count; then u16 ids), read in place. Needs
+    /// `data.tokenizer`; files whose name contains `val` are the validation split.
+    Llmc,
 }
 
 /// The `[data]` table. Every key is optional; unknown keys are rejected.
@@ -47,8 +51,15 @@ pub struct DataConfig {
     pub tokenizer: Option<PathBuf>,
     /// Holdout rule: after sorting files by path, document `i` (counting from 0
     /// across all files, in file order) goes to validation when
-    /// `i % val_every == val_every - 1`. Whole documents only.
+    /// `i % val_every == val_every - 1`, until `val_documents` are held out. Whole documents only.
     pub val_every: usize,
+    /// Most documents held out for validation (bounds the split at any corpus size).
+    pub val_documents: usize,
+    /// A shard is closed after the first document that brings it to this many tokens.
+    pub shard_tokens: usize,
+    /// The BPE is trained on a seeded sample of at most this many bytes of training documents
+    /// (all of them when the training split is smaller).
+    pub tokenizer_sample_bytes: usize,
 }
 
 impl Default for DataConfig {
@@ -61,6 +72,9 @@ impl Default for DataConfig {
             vocab_size: 4096,
             tokenizer: None,
             val_every: 10,
+            val_documents: 10_000,
+            shard_tokens: 100_000_000,
+            tokenizer_sample_bytes: 100_000_000,
         }
     }
 }
@@ -91,6 +105,21 @@ impl DataConfig {
             bail!(
                 "data.val_every = {} must be at least 2 (every val_every-th document is held out for validation)",
                 self.val_every
+            );
+        }
+        for (key, value) in [
+            ("val_documents", self.val_documents),
+            ("shard_tokens", self.shard_tokens),
+            ("tokenizer_sample_bytes", self.tokenizer_sample_bytes),
+        ] {
+            if value == 0 {
+                bail!("data.{key} = 0 must be at least 1");
+            }
+        }
+        if self.format == InputFormat::Llmc && self.tokenizer.is_none() {
+            bail!(
+                "data.format = \"llmc\" reads pre-tokenized shards: set data.tokenizer to the \
+                 tokenizer.json that made them (GPT-2's for llm.c / modded-nanogpt FineWeb shards)"
             );
         }
         Ok(())

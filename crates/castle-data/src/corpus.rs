@@ -17,14 +17,35 @@ use parquet::arrow::ProjectionMask;
 use crate::config::InputFormat;
 use crate::tokenizer::EOT;
 
-/// Reads every document under `source` (a file or a folder).
+/// Reads every document under `source` (a file or a folder) into memory.
 ///
 /// Folders are walked recursively, skipping hidden entries; with
 /// [`InputFormat::Auto`] files of unknown extension are skipped too.
 /// Whitespace-only documents are dropped. Errors name the offending file.
 pub fn read_documents(source: &Path, format: InputFormat, text_field: &str) -> Result<Vec<String>> {
-    let files = list_files(source, format)?;
     let mut docs = Vec::new();
+    for_each_document(source, format, text_field, &mut |doc| {
+        docs.push(doc);
+        Ok(())
+    })?;
+    Ok(docs)
+}
+
+/// Streams every document under `source` to `visit`, in [`read_documents`]' order, holding
+/// one file's text (text files), one line (JSON Lines) or one record batch (Parquet) at a time.
+/// Returns the number of documents; errors when there are none.
+pub fn for_each_document(
+    source: &Path,
+    format: InputFormat,
+    text_field: &str,
+    visit: &mut dyn FnMut(String) -> Result<()>,
+) -> Result<u64> {
+    let files = list_files(source, format)?;
+    let mut count = 0u64;
+    let mut counted = |doc: String| {
+        count += 1;
+        visit(doc)
+    };
     for file in &files {
         let format = match format {
             InputFormat::Auto => format_of(file).ok_or_else(|| {
@@ -35,16 +56,18 @@ pub fn read_documents(source: &Path, format: InputFormat, text_field: &str) -> R
             })?,
             explicit => explicit,
         };
-        let before = docs.len();
         match format {
-            InputFormat::Text => read_text(file, &mut docs)?,
-            InputFormat::Jsonl => read_jsonl(file, text_field, &mut docs)?,
-            InputFormat::Parquet => read_parquet(file, text_field, &mut docs)?,
+            InputFormat::Text => read_text(file, &mut counted)?,
+            InputFormat::Jsonl => read_jsonl(file, text_field, &mut counted)?,
+            InputFormat::Parquet => read_parquet(file, text_field, &mut counted)?,
+            InputFormat::Llmc => bail!(
+                "{}: data.format = \"llmc\" holds token ids, not documents",
+                file.display()
+            ),
             InputFormat::Auto => unreachable!("resolved above"),
         }
-        tracing::debug!(file = %file.display(), documents = docs.len() - before, "read");
     }
-    if docs.is_empty() {
+    if count == 0 {
         bail!(
             "no documents found in {} ({} file(s) read, all empty or without text); \
              check data.source and data.format",
@@ -52,7 +75,7 @@ pub fn read_documents(source: &Path, format: InputFormat, text_field: &str) -> R
             files.len()
         );
     }
-    Ok(docs)
+    Ok(count)
 }
 
 /// The format a file name implies, if any.
@@ -73,7 +96,7 @@ pub fn format_of(path: &Path) -> Option<InputFormat> {
 }
 
 /// The files to read, sorted by path.
-fn list_files(source: &Path, format: InputFormat) -> Result<Vec<PathBuf>> {
+pub fn list_files(source: &Path, format: InputFormat) -> Result<Vec<PathBuf>> {
     let meta = fs::metadata(source).with_context(|| {
         format!(
             "data.source {} does not exist or cannot be read",
@@ -123,13 +146,14 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Pushes `text` split at literal `<|endoftext|>` markers, dropping blank parts.
-fn push_split(text: &str, docs: &mut Vec<String>) {
-    docs.extend(
-        text.split(EOT)
-            .filter(|d| !d.trim().is_empty())
-            .map(str::to_owned),
-    );
+/// A document sink.
+type Visit<'a> = dyn FnMut(String) -> Result<()> + 'a;
+
+/// Visits `text` split at literal `<|endoftext|>` markers, dropping blank parts.
+fn push_split(text: &str, visit: &mut Visit) -> Result<()> {
+    text.split(EOT)
+        .filter(|d| !d.trim().is_empty())
+        .try_for_each(|d| visit(d.to_owned()))
 }
 
 fn utf8(bytes: Vec<u8>, file: &Path, line: Option<usize>) -> Result<String> {
@@ -143,13 +167,12 @@ fn utf8(bytes: Vec<u8>, file: &Path, line: Option<usize>) -> Result<String> {
     })
 }
 
-fn read_text(file: &Path, docs: &mut Vec<String>) -> Result<()> {
+fn read_text(file: &Path, visit: &mut Visit) -> Result<()> {
     let bytes = fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    push_split(&utf8(bytes, file, None)?, docs);
-    Ok(())
+    push_split(&utf8(bytes, file, None)?, visit)
 }
 
-fn read_jsonl(file: &Path, field: &str, docs: &mut Vec<String>) -> Result<()> {
+fn read_jsonl(file: &Path, field: &str, visit: &mut Visit) -> Result<()> {
     let raw = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let gz = file
         .extension()
@@ -176,7 +199,7 @@ fn read_jsonl(file: &Path, field: &str, docs: &mut Vec<String>) -> Result<()> {
         let value: serde_json::Value = serde_json::from_str(&line)
             .with_context(|| format!("{} line {line_no}: not valid JSON", file.display()))?;
         match value.get(field) {
-            Some(serde_json::Value::String(text)) => push_split(text, docs),
+            Some(serde_json::Value::String(text)) => push_split(text, visit)?,
             Some(serde_json::Value::Null) => {}
             Some(_) => bail!(
                 "{} line {line_no}: field \"{field}\" is not a string; set data.text_field to the text field",
@@ -191,7 +214,7 @@ fn read_jsonl(file: &Path, field: &str, docs: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn read_parquet(file: &Path, column: &str, docs: &mut Vec<String>) -> Result<()> {
+fn read_parquet(file: &Path, column: &str, visit: &mut Visit) -> Result<()> {
     let raw = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(raw)
         .with_context(|| format!("{}: not a readable Parquet file", file.display()))?;
@@ -214,11 +237,11 @@ fn read_parquet(file: &Path, column: &str, docs: &mut Vec<String>) -> Result<()>
         let array = batch.column(0);
         let any = array.as_any();
         if let Some(a) = any.downcast_ref::<StringArray>() {
-            a.iter().flatten().for_each(|t| push_split(t, docs));
+            a.iter().flatten().try_for_each(|t| push_split(t, visit))?;
         } else if let Some(a) = any.downcast_ref::<LargeStringArray>() {
-            a.iter().flatten().for_each(|t| push_split(t, docs));
+            a.iter().flatten().try_for_each(|t| push_split(t, visit))?;
         } else if let Some(a) = any.downcast_ref::<StringViewArray>() {
-            a.iter().flatten().for_each(|t| push_split(t, docs));
+            a.iter().flatten().try_for_each(|t| push_split(t, visit))?;
         } else {
             bail!(
                 "{}: column \"{column}\" has type {}, not a string; set data.text_field to the text column",

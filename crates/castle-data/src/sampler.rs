@@ -1,6 +1,7 @@
 //! Seeded random windows for training and a fixed validation set.
 //!
-//! Window starts come from a counter-based generator: row `r` of batch `b`
+//! The data is any [`TokenSource`]: one shard, or a split's [`crate::ShardSet`] seen as one
+//! stream (a window may span two shards). Window starts come from a counter-based generator: row `r` of batch `b`
 //! starts at `uniform(hash(seed, b, r), num_tokens - seq_len)`. So the state is
 //! just `{seed, batches_drawn}`, and a restored sampler draws exactly the
 //! batches the original would have drawn next.
@@ -8,7 +9,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::shard::Shard;
+use crate::dataset::TokenSource;
 
 /// Everything needed to resume a [`BatchSampler`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -25,8 +26,10 @@ pub struct BatchSampler {
     state: SamplerState,
 }
 
-/// SplitMix64 finalizer: a good 64-bit mixing function.
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64 finalizer: a good 64-bit mixing function. The sampler hashes `(seed, batch, row)`
+/// rather than stepping a generator (a crate's PRNG, e.g. `rand_chacha`, is sequential), so that
+/// any batch, and any rank's rows of it, can be drawn directly from `{seed, batches_drawn}`.
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -79,8 +82,13 @@ impl BatchSampler {
     }
 
     /// The next batch: `batch_size` windows of `seq_len + 1` tokens, row-major.
-    /// Panics if `shard` is not the `num_tokens`-long shard this sampler was made for.
-    pub fn next_batch(&mut self, shard: &Shard, batch_size: usize) -> Vec<u32> {
+    /// Panics if `shard` is not the `num_tokens`-long data this sampler was made for, or if a
+    /// window falls on damaged data (the error names the shard).
+    pub fn next_batch(
+        &mut self,
+        shard: &(impl TokenSource + ?Sized),
+        batch_size: usize,
+    ) -> Vec<u32> {
         self.next_batch_part(shard, batch_size, 0, 1)
     }
 
@@ -91,7 +99,7 @@ impl BatchSampler {
     /// Panics if `batch_size` is not a multiple of `world` or `rank >= world`.
     pub fn next_batch_part(
         &mut self,
-        shard: &Shard,
+        shard: &(impl TokenSource + ?Sized),
         batch_size: usize,
         rank: usize,
         world: usize,
@@ -102,7 +110,7 @@ impl BatchSampler {
             "sampler built for a shard of another length"
         );
         assert!(
-            rank < world && batch_size % world == 0,
+            rank < world && batch_size.is_multiple_of(world),
             "rank {rank} of {world} cannot take an equal part of a batch of {batch_size}"
         );
         let rows = batch_size / world;
@@ -122,7 +130,11 @@ impl BatchSampler {
 /// boundary token so every token is predicted once), as many as fit in the
 /// shard while the predicted tokens (`seq_len` per window) stay within
 /// `max_tokens`. Identical on every call.
-pub fn validation_windows(shard: &Shard, seq_len: usize, max_tokens: usize) -> Vec<Vec<u32>> {
+pub fn validation_windows(
+    shard: &(impl TokenSource + ?Sized),
+    seq_len: usize,
+    max_tokens: usize,
+) -> Vec<Vec<u32>> {
     if seq_len == 0 || shard.len() < seq_len + 1 {
         return Vec::new();
     }

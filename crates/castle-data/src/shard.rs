@@ -14,16 +14,15 @@
 //!
 //! All integers are little-endian. The file length must be exactly
 //! `64 + count * width`. Shards are written to a temp file and renamed into
-//! place, so a file with the final name is always complete.
+//! place, so a file with the final name is always complete ([`crate::writer`]).
+//! llm.c / modded-nanogpt shards are read too ([`Shard::open_llmc`]).
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
-use crate::atomic::write_with;
 use crate::tokenizer::hex;
 
 /// First 8 bytes of every shard.
@@ -64,12 +63,15 @@ impl TokenDtype {
 pub struct Shard {
     path: PathBuf,
     mmap: Mmap,
+    /// Header bytes before the first token.
+    offset: usize,
     dtype: TokenDtype,
     len: usize,
     tokenizer_hash: [u8; 32],
 }
 
-fn header(dtype: TokenDtype, count: u64, tokenizer_hash: &[u8; 32]) -> [u8; HEADER_LEN] {
+/// The 64-byte header of a castle shard; bytes 56..60 (CRC) are left zero.
+pub(crate) fn header(dtype: TokenDtype, count: u64, tokenizer_hash: &[u8; 32]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -79,109 +81,155 @@ fn header(dtype: TokenDtype, count: u64, tokenizer_hash: &[u8; 32]) -> [u8; HEAD
     h
 }
 
-/// Writes `tokens` as a shard at `path`, atomically (temp file + rename).
-/// Uses u16 ids when every id fits, else u32.
-pub fn write_shard(
-    path: impl AsRef<Path>,
-    tokens: &[u32],
-    tokenizer_hash: &[u8; 32],
-) -> Result<()> {
-    let path = path.as_ref();
-    let dtype = TokenDtype::for_tokens(tokens);
-    let mut head = header(dtype, tokens.len() as u64, tokenizer_hash);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[..56]);
-    write_with(path, |file| {
-        let ctx = || format!("cannot write shard {}", path.display());
-        let mut out = BufWriter::with_capacity(1 << 20, &mut *file);
-        out.write_all(&head).with_context(ctx)?;
-        let mut buf = Vec::with_capacity(1 << 16);
-        for chunk in tokens.chunks(1 << 14) {
-            buf.clear();
-            match dtype {
-                TokenDtype::U16 => chunk
-                    .iter()
-                    .for_each(|&t| buf.extend((t as u16).to_le_bytes())),
-                TokenDtype::U32 => chunk.iter().for_each(|&t| buf.extend(t.to_le_bytes())),
-            }
-            crc.update(&buf);
-            out.write_all(&buf).with_context(ctx)?;
-        }
-        out.flush().with_context(ctx)?;
-        drop(out);
-        head[56..60].copy_from_slice(&crc.clone().finalize().to_le_bytes());
-        file.seek(SeekFrom::Start(0)).with_context(ctx)?;
-        file.write_all(&head).with_context(ctx)
-    })
+/// Magic number of llm.c / modded-nanogpt token shards (first int32 of the header).
+pub const LLMC_MAGIC: i32 = 20240520;
+/// Header size of llm.c shards: 256 little-endian int32.
+pub const LLMC_HEADER_LEN: usize = 1024;
+
+fn map(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).with_context(|| format!("cannot open shard {}", path.display()))?;
+    // SAFETY: shards are only ever replaced by rename, never modified in place.
+    unsafe { Mmap::map(&file) }
+        .with_context(|| format!("cannot memory-map shard {}", path.display()))
+}
+
+fn corrupt(path: &Path, why: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "corrupt token shard {}: {why}; delete it and run `castle-data prepare` again",
+        path.display()
+    )
+}
+
+/// Errors unless a file of `len` bytes holds exactly `count` tokens of `width` after `header`.
+fn check_length(path: &Path, len: usize, header: usize, count: u64, width: usize) -> Result<()> {
+    let expected = (count as u128) * width as u128 + header as u128;
+    if expected != len as u128 {
+        let kind = if (len as u128) < expected {
+            "truncated"
+        } else {
+            "too long"
+        };
+        return Err(corrupt(
+            path,
+            format!("{kind}: header says {count} tokens ({expected} bytes), file has {len} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 impl Shard {
     /// Maps and fully verifies a shard (header, length and checksum).
     /// Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let shard = Self::open_header(path)?;
+        shard.verify_checksum()?;
+        Ok(shard)
+    }
+
+    /// Maps a castle shard checking only its header and length (no payload is read).
+    pub fn open_header(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file =
-            File::open(path).with_context(|| format!("cannot open shard {}", path.display()))?;
-        // SAFETY: shards are only ever replaced by rename, never modified in place.
-        let mmap = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map shard {}", path.display()))?;
-        let bad = |why: String| -> Result<Self> {
-            bail!(
-                "corrupt token shard {}: {why}; delete it and run `castle-data prepare` again",
-                path.display()
-            )
-        };
+        let mmap = map(path)?;
         if mmap.len() < HEADER_LEN {
-            return bad(format!(
-                "truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",
-                mmap.len()
+            return Err(corrupt(
+                path,
+                format!(
+                    "truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",
+                    mmap.len()
+                ),
             ));
         }
         if &mmap[0..8] != MAGIC {
-            return bad("bad magic, not a castle token shard".into());
+            return Err(corrupt(path, "bad magic, not a castle token shard".into()));
         }
         let u32_at = |o: usize| u32::from_le_bytes(mmap[o..o + 4].try_into().unwrap());
         let version = u32_at(8);
         if version != VERSION {
-            return bad(format!(
-                "format version {version}, this build reads version {VERSION}"
+            return Err(corrupt(
+                path,
+                format!("format version {version}, this build reads version {VERSION}"),
             ));
         }
         let dtype = match u32_at(12) {
             2 => TokenDtype::U16,
             4 => TokenDtype::U32,
-            w => return bad(format!("invalid token width {w}")),
+            w => return Err(corrupt(path, format!("invalid token width {w}"))),
         };
         let count = u64::from_le_bytes(mmap[16..24].try_into().unwrap());
-        let expected = (count as u128) * dtype.width() as u128 + HEADER_LEN as u128;
-        if expected != mmap.len() as u128 {
-            let kind = if (mmap.len() as u128) < expected {
-                "truncated"
-            } else {
-                "too long"
-            };
-            return bad(format!(
-                "{kind}: header says {count} tokens ({expected} bytes), file has {} bytes",
-                mmap.len()
-            ));
-        }
+        check_length(path, mmap.len(), HEADER_LEN, count, dtype.width())?;
         if u32_at(60) != 0 {
-            return bad("reserved header bytes are not zero".into());
-        }
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&mmap[..56]);
-        crc.update(&mmap[HEADER_LEN..]);
-        if crc.finalize() != u32_at(56) {
-            return bad("checksum mismatch".into());
+            return Err(corrupt(path, "reserved header bytes are not zero".into()));
         }
         let tokenizer_hash = mmap[24..56].try_into().unwrap();
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
+            offset: HEADER_LEN,
             dtype,
             len: count as usize,
             tokenizer_hash,
         })
+    }
+
+    /// Maps an llm.c / modded-nanogpt shard (header of 256 little-endian int32: magic
+    /// 20240520, version 1, token count; then u16 ids), checking its header and length.
+    /// It records no tokenizer: [`Shard::tokenizer_hash`] is all zeros.
+    pub fn open_llmc(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let mmap = map(path)?;
+        if mmap.len() < LLMC_HEADER_LEN {
+            return Err(corrupt(
+                path,
+                format!(
+                    "{} bytes, shorter than the {LLMC_HEADER_LEN}-byte llm.c header",
+                    mmap.len()
+                ),
+            ));
+        }
+        let i32_at = |i: usize| i32::from_le_bytes(mmap[4 * i..4 * i + 4].try_into().unwrap());
+        if i32_at(0) != LLMC_MAGIC {
+            return Err(corrupt(
+                path,
+                format!("magic {} is not llm.c's {LLMC_MAGIC}", i32_at(0)),
+            ));
+        }
+        if i32_at(1) != 1 {
+            return Err(corrupt(
+                path,
+                format!(
+                    "llm.c shard version {}, only version 1 (u16 ids) is read",
+                    i32_at(1)
+                ),
+            ));
+        }
+        let count = u64::try_from(i32_at(2))
+            .map_err(|_| corrupt(path, format!("negative token count {}", i32_at(2))))?;
+        check_length(path, mmap.len(), LLMC_HEADER_LEN, count, 2)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            offset: LLMC_HEADER_LEN,
+            dtype: TokenDtype::U16,
+            len: count as usize,
+            tokenizer_hash: [0; 32],
+        })
+    }
+
+    /// Checks a castle shard's header CRC against its header and whole payload.
+    pub fn verify_checksum(&self) -> Result<()> {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.mmap[..56]);
+        crc.update(self.payload());
+        let stored = u32::from_le_bytes(self.mmap[56..60].try_into().unwrap());
+        if crc.finalize() != stored {
+            return Err(corrupt(&self.path, "checksum mismatch".into()));
+        }
+        Ok(())
+    }
+
+    /// The token ids as stored (little-endian, [`Shard::dtype`] wide).
+    pub fn payload(&self) -> &[u8] {
+        &self.mmap[self.offset..]
     }
 
     /// Number of tokens.
@@ -201,7 +249,7 @@ impl Shard {
             "token index {i} out of range for shard of {} tokens",
             self.len
         );
-        let o = HEADER_LEN + i * self.dtype.width();
+        let o = self.offset + i * self.dtype.width();
         match self.dtype {
             TokenDtype::U16 => u16::from_le_bytes([self.mmap[o], self.mmap[o + 1]]) as u32,
             TokenDtype::U32 => u32::from_le_bytes(self.mmap[o..o + 4].try_into().unwrap()),
@@ -216,7 +264,7 @@ impl Shard {
             self.len
         );
         let w = self.dtype.width();
-        let bytes = &self.mmap[HEADER_LEN + start * w..HEADER_LEN + (start + n) * w];
+        let bytes = &self.payload()[start * w..(start + n) * w];
         match self.dtype {
             TokenDtype::U16 => out.extend(
                 bytes

@@ -3,9 +3,10 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use castle_data::prepare::{MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE};
+use castle_data::manifest::{MANIFEST_FILE, TOKENIZER_FILE};
 use castle_data::{
     open_prepared, prepare, read_documents, split_documents, DataConfig, InputFormat, Tok,
+    TokenSource,
 };
 
 /// A corpus folder of `n` text files plus a config writing into `out/`.
@@ -41,7 +42,12 @@ fn prepare_builds_then_reuses() {
     assert!(p.timing.is_some());
     assert_eq!(
         names(&p.dir),
-        [MANIFEST_FILE, TOKENIZER_FILE, TRAIN_FILE, VAL_FILE]
+        [
+            MANIFEST_FILE,
+            TOKENIZER_FILE,
+            "train-000000.bin",
+            "val-000000.bin"
+        ]
     );
     assert_eq!(
         names(tmp.path()),
@@ -52,19 +58,22 @@ fn prepare_builds_then_reuses() {
         (p.manifest.train.documents, p.manifest.val.documents),
         (9, 3)
     );
-    assert_eq!(p.train.tokenizer_hash(), p.tokenizer.hash());
+    assert_eq!(p.train.shards()[0].tokenizer_hash(), p.tokenizer.hash());
 
     // Shards hold the documents in order, each followed by EOT.
     let docs = read_documents(&cfg.source, InputFormat::Auto, "text").unwrap();
-    let (_, val_docs) = split_documents(docs, 4);
+    let (_, val_docs) = split_documents(docs, &cfg);
     let mut expected = Vec::new();
     for d in &val_docs {
         expected.extend(p.tokenizer.encode(d).unwrap());
         expected.push(p.tokenizer.eot_id());
     }
     assert_eq!(p.val.window(0, p.val.len()), expected);
-    let eots = (0..p.train.len())
-        .filter(|&i| p.train.get(i) == p.tokenizer.eot_id())
+    let eots = p
+        .train
+        .window(0, p.train.len())
+        .into_iter()
+        .filter(|&t| t == p.tokenizer.eot_id())
         .count();
     assert_eq!(eots, 9);
 
@@ -74,21 +83,33 @@ fn prepare_builds_then_reuses() {
 }
 
 #[test]
-fn corrupt_or_stale_output_is_rebuilt() {
+fn damaged_or_stale_output_is_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = setup(tmp.path(), 8);
     let first = prepare(&cfg).unwrap();
-    let train = first.dir.join(TRAIN_FILE);
+    let train = first.dir.join("train-000000.bin");
+    let reference = fs::read(&train).unwrap();
     drop(first);
-    let mut bytes = fs::read(&train).unwrap();
+
+    // A flipped payload byte: opening stays cheap, but verifying names the shard.
+    let mut bytes = reference.clone();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    fs::write(&train, bytes).unwrap();
+    fs::write(&train, &bytes).unwrap();
+    let err = format!(
+        "{:#}",
+        open_prepared(&cfg).unwrap().train.verify().unwrap_err()
+    );
+    assert!(err.contains("train-000000.bin"), "{err}");
+
+    // A truncated shard fails to open, by name; prepare rewrites it identically.
+    fs::write(&train, &bytes[..bytes.len() - 2]).unwrap();
     assert!(open_prepared(&cfg)
         .unwrap_err()
         .to_string()
-        .contains("train.bin"));
+        .contains("train-000000.bin"));
     assert!(prepare(&cfg).unwrap().timing.is_some());
+    assert_eq!(fs::read(&train).unwrap(), reference);
 
     cfg.vocab_size = 280;
     assert!(open_prepared(&cfg).is_err());
@@ -108,7 +129,7 @@ fn existing_tokenizer_is_used_as_is() {
     cfg.vocab_size = 1; // ignored with a given tokenizer
     let p = prepare(&cfg).unwrap();
     assert_eq!(p.tokenizer.hash(), tok.hash());
-    assert_eq!(p.val.tokenizer_hash(), tok.hash());
+    assert_eq!(p.val.shards()[0].tokenizer_hash(), tok.hash());
 }
 
 /// Runs `prepare` expecting an error; checks nothing was written.

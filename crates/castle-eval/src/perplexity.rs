@@ -56,15 +56,17 @@ pub fn load_windows(
     let config = &ckpt.config;
     let (windows, what) = match source {
         Source::Validation => {
-            let data = castle_data::prepare(&config.data).with_context(|| {
+            // Read-only: evaluating never prepares or rewrites a run's data.
+            let data = castle_data::open_prepared(&config.data).with_context(|| {
                 format!(
-                    "cannot open the run's validation data (data.dir {}); run castle-eval from the directory the run was started in, or pass --data",
-                    config.data.out_dir().display()
+                    "cannot open the run's validation data (data.dir {}); run castle-eval from the directory the run was started in, prepare it with `castle-data prepare --config {}`, or pass --data",
+                    config.data.out_dir().display(),
+                    ckpt.dir.join("config.toml").display()
                 )
             })?;
             if data.tokenizer.hash_hex() != ckpt.state.tokenizer_sha256 {
                 bail!(
-                    "the prepared data in {} uses tokenizer sha256 {}, but {} was trained with {}; pass --data to evaluate on raw documents",
+                    "the prepared data in {} uses tokenizer sha256 {}, but {} was trained with {}; prepare the run's data again with its tokenizer (set data.tokenizer to the checkpoint's tokenizer.json and run `castle-data prepare`), or pass --data to evaluate on raw documents",
                     data.dir.display(),
                     data.tokenizer.hash_hex(),
                     ckpt.dir.display(),

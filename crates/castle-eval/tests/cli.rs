@@ -251,6 +251,79 @@ fn multiple_choice_on_the_shipped_task_file() {
     assert!(report["val_loss"].is_number(), "--perplexity adds it");
 }
 
+/// Names, sizes, modification times and bytes of every file under `dir`.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+            (path.clone(), modified, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn evaluation_only_reads_prepared_data() {
+    let prepared = trained().root.join("prepared");
+    let before = snapshot(&prepared);
+    json(&["--ckpt", &run_dir()]);
+    assert!(
+        snapshot(&prepared) == before,
+        "castle-eval changed {}",
+        prepared.display()
+    );
+
+    // Data that is missing, or was prepared with other settings, is an error with the fix,
+    // never prepared (or rewritten) by castle-eval.
+    for (name, replacement) in [("missing", None), ("other-vocab", Some("vocab_size = 290"))] {
+        let (_keep, ckpt) = checkpoint_copy("step-0000012");
+        let config = ckpt.join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let elsewhere = ckpt.join(name);
+        let mut text = text.replace(
+            &prepared.display().to_string(),
+            &elsewhere.display().to_string(),
+        );
+        if let Some(line) = replacement {
+            std::fs::create_dir(&elsewhere).unwrap();
+            for (path, _, bytes) in &before {
+                std::fs::write(elsewhere.join(path.file_name().unwrap()), bytes).unwrap();
+            }
+            let vocab = text
+                .lines()
+                .find(|l| l.starts_with("vocab_size"))
+                .unwrap()
+                .to_string();
+            text = text.replace(&vocab, line);
+        }
+        std::fs::write(&config, text).unwrap();
+        let err = error(&["--ckpt", &ckpt.display().to_string()]);
+        assert!(err.contains("castle-data prepare"), "{name}: {err}");
+        match replacement {
+            None => assert!(
+                !elsewhere.exists(),
+                "castle-eval created {}",
+                elsewhere.display()
+            ),
+            Some(_) => {
+                let bytes = |s: Vec<(PathBuf, std::time::SystemTime, Vec<u8>)>| {
+                    s.into_iter()
+                        .map(|(p, _, b)| (p.file_name().unwrap().to_owned(), b))
+                        .collect::<Vec<_>>()
+                };
+                assert!(
+                    bytes(snapshot(&elsewhere)) == bytes(before.clone()),
+                    "castle-eval changed {}",
+                    elsewhere.display()
+                )
+            }
+        }
+    }
+}
+
 #[test]
 fn clear_errors() {
     let err = error(&["--ckpt", "/nonexistent/run"]);

@@ -1,11 +1,14 @@
-//! `castle-data prepare --config FILE`: tokenizer + token shards from the
-//! `[data]` section of the trainer's TOML.
+//! `castle-data prepare --config FILE [--set data.key=value]...`: tokenizer + token shards from
+//! the `[data]` section of the trainer's TOML; `castle-data verify` checks them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use castle_data::{prepare, DataConfig, Prepared};
+use castle_data::overrides::apply_override;
+use castle_data::prepare::short_hash;
+use castle_data::{open_prepared, prepare, DataConfig, Prepared};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,28 +22,44 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Read the corpus, train or load the tokenizer, write token shards
-    /// (reuses valid existing output).
-    Prepare {
-        /// TOML config; only its [data] table is read.
-        #[arg(long)]
-        config: PathBuf,
-    },
+/// The config file and its overrides, as castle-train takes them.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML config; only its [data] table is read.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a key, e.g. `--set data.shard_tokens=1000000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
-/// Reads the `[data]` table of a TOML file (absent table = all defaults).
-fn load_config(path: &Path) -> Result<DataConfig> {
+#[derive(Subcommand)]
+enum Command {
+    /// Read the corpus, train or load the tokenizer, write token shards (reuses complete
+    /// output, continues an interrupted run).
+    Prepare(ConfigArgs),
+    /// Open the prepared data read-only and check every shard's checksums.
+    Verify(ConfigArgs),
+}
+
+/// Reads the `[data]` table of a TOML file after `--set` overrides (absent table = defaults).
+fn load_config(args: &ConfigArgs) -> Result<DataConfig> {
+    let path = &args.config;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
     let mut doc: toml::Table =
         toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    for o in &args.overrides {
+        apply_override(&mut doc, o)?;
+    }
     let data = doc
         .remove("data")
         .unwrap_or_else(|| toml::Value::Table(Default::default()));
-    data.try_into()
-        .with_context(|| format!("{}: invalid [data] section", path.display()))
+    let cfg: DataConfig = data
+        .try_into()
+        .with_context(|| format!("{}: invalid [data] section", path.display()))?;
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 fn print_report(p: &Prepared) {
@@ -49,41 +68,56 @@ fn print_report(p: &Prepared) {
     println!(
         "tokenizer: {} tokens, sha256 {}…{}",
         p.tokenizer.vocab_size(),
-        castle_data::prepare::short_hash(m),
+        short_hash(m),
         if p.timing.is_none() { " (reused)" } else { "" }
     );
     println!(
-        "{:<6} {:>10} {:>14} {:>10} {:>10}",
-        "split", "documents", "tokens", "MB", "MB/s"
+        "{:<6} {:>7} {:>10} {:>14} {:>10}",
+        "split", "shards", "documents", "tokens", "MB"
     );
     for (name, s) in [("train", &m.train), ("val", &m.val)] {
-        let mb = s.bytes as f64 / 1e6;
-        let rate = match &p.timing {
-            Some(t) if t.tokenize_s > 0.0 => format!(
-                "{:.2}",
-                (m.train.bytes + m.val.bytes) as f64 / 1e6 / t.tokenize_s
-            ),
-            _ => "-".into(),
-        };
         println!(
-            "{name:<6} {:>10} {:>14} {mb:>10.2} {rate:>10}",
-            s.documents, s.tokens
+            "{name:<6} {:>7} {:>10} {:>14} {:>10.2}",
+            s.shards.len(),
+            s.documents,
+            s.tokens,
+            s.bytes as f64 / 1e6
         );
     }
     if let Some(t) = &p.timing {
+        let (mb, tokens) = (
+            (m.train.bytes + m.val.bytes) as f64 / 1e6,
+            (m.train.tokens + m.val.tokens) as f64,
+        );
         println!(
-            "time: read {:.1}s, tokenizer {:.1}s, tokenize {:.1}s",
-            t.read_s, t.tokenizer_s, t.tokenize_s
+            "time: tokenizer {:.1}s, tokenize {:.1}s ({:.2} MB/s, {:.0} tokens/s; a resumed run counts all shards)",
+            t.tokenizer_s,
+            t.tokenize_s,
+            mb / t.tokenize_s.max(1e-9),
+            tokens / t.tokenize_s.max(1e-9)
         );
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Prepare { config } => {
-            let cfg = load_config(&config)?;
-            let prepared = prepare(&cfg)?;
-            print_report(&prepared);
+        Command::Prepare(args) => print_report(&prepare(&load_config(&args)?)?),
+        Command::Verify(args) => {
+            let cfg = load_config(&args)?;
+            let t = Instant::now();
+            let p = open_prepared(&cfg)?;
+            let opened = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            p.train.verify()?;
+            p.val.verify()?;
+            println!(
+                "{}: opened {} + {} shards in {opened:.3}s; all {} tokens verified in {:.1}s",
+                p.dir.display(),
+                p.train.shards().len(),
+                p.val.shards().len(),
+                p.train.len() + p.val.len(),
+                t.elapsed().as_secs_f64()
+            );
         }
     }
     Ok(())
