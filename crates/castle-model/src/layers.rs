@@ -3,6 +3,10 @@
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
+use crate::kernels::rmsnorm::RmsNormRows;
+use crate::kernels::swiglu::SwiGluGate;
+use crate::kernels::AttentionBackend;
+
 /// A bias-free linear layer with the GPT-2 initialisation N(0, std).
 pub fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
     LinearConfig::new(d_in, d_out)
@@ -28,9 +32,25 @@ impl<B: Backend> RmsNorm<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// The tensor-op form: the reference, and what GPU backends run.
+    pub fn forward_reference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
         x / rms * self.gamma.val().unsqueeze()
+    }
+}
+
+impl<B: AttentionBackend> RmsNorm<B> {
+    /// `x / sqrt(mean(x^2) + eps) (.) gamma` over the last dimension; the fused kernel on CPU.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if !B::HOST_KERNELS {
+            return self.forward_reference(x);
+        }
+        let dims = x.dims();
+        let op = RmsNormRows {
+            d: dims[2],
+            eps: self.eps,
+        };
+        B::host_op(op, [x.reshape([-1]), self.gamma.val()]).reshape(dims)
     }
 }
 
@@ -51,9 +71,24 @@ impl<B: Backend> SwiGlu<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// The tensor-op form: the reference, and what GPU backends run.
+    pub fn forward_reference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.down
             .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+    }
+}
+
+impl<B: AttentionBackend> SwiGlu<B> {
+    /// `W_down (SiLU(x W_gate) (.) x W_up)`, the gate a fused kernel on CPU.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if !B::HOST_KERNELS {
+            return self.forward_reference(x);
+        }
+        let g = self.gate.forward(x.clone());
+        let dims = g.dims();
+        let u = self.up.forward(x);
+        let h = B::host_op(SwiGluGate, [g.reshape([-1]), u.reshape([-1])]);
+        self.down.forward(h.reshape(dims))
     }
 }
 

@@ -5,7 +5,8 @@
 //! the output is written back. Under `Autodiff` the kernels' own backward pass is registered as
 //! one node of burn's graph (burn's backend-extension mechanism), with the host inputs and what
 //! the kernel's forward pass keeps ([`HostKernel::Saved`]) as its state. GPU backends run the burn
-//! tensor-op forms (`lookahead_scores_chunked`, `causal_attention`).
+//! tensor-op forms (`lookahead_scores_chunked`, `causal_attention`). The same trait runs the
+//! fused row-wise ops of [`super::host_op`] (RMSNorm, SwiGLU, cross-entropy) on CPU.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Element, TensorPrimitive};
 
+use super::host_op::{host_op_forward, tracked_op, HostOp};
 use super::{Castle, Causal, Elem, HeadsShape, HostKernel};
 use crate::attention::baseline::causal_attention;
 use crate::attention::lookahead::{attend, lookahead_scores_chunked, CastleHeads};
@@ -67,6 +69,18 @@ pub trait AttentionBackend: Backend {
             host_forward::<Self, f32, K, N>(kernel, inputs).0
         }
     }
+
+    /// Runs the fused `op` on host copies of flat `inputs` (CPU backends only).
+    fn host_op<K: HostOp<N>, const N: usize>(
+        op: K,
+        inputs: [Tensor<Self, 1>; N],
+    ) -> Tensor<Self, 1> {
+        if inputs[0].dtype() == DType::F64 {
+            host_op_forward::<Self, f64, K, N>(&op, inputs).0
+        } else {
+            host_op_forward::<Self, f32, K, N>(&op, inputs).0
+        }
+    }
 }
 
 impl AttentionBackend for NdArray<f32> {
@@ -105,6 +119,17 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
             tracked::<B, C, f32, K, N>(kernel, inputs)
         }
     }
+
+    fn host_op<K: HostOp<N>, const N: usize>(
+        op: K,
+        inputs: [Tensor<Self, 1>; N],
+    ) -> Tensor<Self, 1> {
+        if inputs[0].dtype() == DType::F64 {
+            tracked_op::<B, C, f64, K, N>(op, inputs)
+        } else {
+            tracked_op::<B, C, f32, K, N>(op, inputs)
+        }
+    }
 }
 
 fn shape_of(dims: [usize; 4]) -> HeadsShape {
@@ -115,18 +140,18 @@ fn shape_of(dims: [usize; 4]) -> HeadsShape {
     }
 }
 
-fn to_host<B: Backend, E: Elem + Element>(x: Tensor<B, 4>) -> Vec<E> {
+pub(super) fn to_host<B: Backend, E: Elem + Element, const D: usize>(x: Tensor<B, D>) -> Vec<E> {
     x.into_data()
         .convert::<E>()
         .into_vec()
         .expect("converted to the kernel's element type")
 }
 
-fn from_host<B: Backend, E: Elem + Element>(
+pub(super) fn from_host<B: Backend, E: Elem + Element, const D: usize>(
     x: Vec<E>,
-    dims: [usize; 4],
+    dims: [usize; D],
     device: &B::Device,
-) -> Tensor<B, 4> {
+) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(x, dims), device)
 }
 
@@ -137,7 +162,7 @@ fn host_forward<B: Backend, E: Elem + Element, K: HostKernel<N>, const N: usize>
     inputs: [Tensor<B, 4>; N],
 ) -> (Tensor<B, 4>, [Vec<E>; N], K::Saved<E>) {
     let (dims, device) = (inputs[0].dims(), inputs[0].device());
-    let x = inputs.map(to_host::<B, E>);
+    let x = inputs.map(to_host::<B, E, 4>);
     let (out, saved) = kernel.forward(x.each_ref().map(|v| v.as_slice()), shape_of(dims));
     (from_host(out, dims, &device), x, saved)
 }
@@ -172,7 +197,7 @@ where
             .backward(x, shape_of(st.dims), &st.saved, &to_host(d_out));
         for (parent, grad) in ops.parents.into_iter().zip(host_grads) {
             if let Some(node) = parent {
-                let grad = from_host::<B, E>(grad, st.dims, &device);
+                let grad = from_host::<B, E, 4>(grad, st.dims, &device);
                 grads.register::<B>(node.id, grad.into_primitive().tensor());
             }
         }

@@ -12,6 +12,9 @@
 //! - [`backend`]: the [`AttentionBackend`] trait that puts them behind burn tensors, with their
 //!   own backward pass registered in burn's autodiff graph.
 //!
+//! - [`host_op`]: the same for the row-wise ops around attention ([`rmsnorm`], [`swiglu`],
+//!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain.
+//!
 //! [`HostKernel`] is what a kernel offers: [`Castle`] and [`Causal`] take all heads packed
 //! `[heads, len, d]`; each head is zero-padded to a
 //! whole number of blocks and cropped back. The burn tensor-op forms in `crate::attention` are
@@ -20,8 +23,12 @@
 pub mod backend;
 mod blocks;
 pub mod causal_softmax;
+pub mod cross_entropy;
 pub mod gemm;
+pub mod host_op;
 pub mod lookahead;
+pub mod rmsnorm;
+pub mod swiglu;
 
 pub use backend::{AttentionBackend, TrainBackend};
 pub use gemm::Elem;

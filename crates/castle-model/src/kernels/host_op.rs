@@ -1,0 +1,113 @@
+//! [`HostOp`]: a fused elementwise or row-wise CPU op on flat host arrays (RMSNorm, SwiGLU's
+//! gate, softmax cross-entropy), registered as one node of burn's autodiff graph with its own
+//! backward pass, as the attention kernels are.
+//!
+//! burn's CPU backends run each elementwise step as its own single-threaded pass over memory;
+//! these ops make one parallel pass forward and one backward. Inputs and the output travel as
+//! flat `Tensor<B, 1>`s (callers reshape, which is free for contiguous tensors); the op itself
+//! knows its row width.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::{Element, TensorPrimitive};
+
+use super::backend::{from_host, to_host};
+use super::Elem;
+
+/// A fused op with `N` flat float inputs and one flat output.
+pub trait HostOp<const N: usize>: Send + Sync + Debug + 'static {
+    /// What the forward pass keeps for the backward pass.
+    type Saved<E: Elem>: Send + Sync + Debug;
+
+    fn forward<E: Elem>(&self, x: [&[E]; N]) -> (Vec<E>, Self::Saved<E>);
+
+    /// Gradients of the `N` inputs (each as long as its input) given `d_out`.
+    fn backward<E: Elem>(&self, x: [&[E]; N], saved: &Self::Saved<E>, d_out: &[E]) -> [Vec<E>; N];
+}
+
+/// The forward pass on any backend's tensors; also returns the host inputs and what the
+/// backward pass needs.
+pub(super) fn host_op_forward<B: Backend, E: Elem + Element, K: HostOp<N>, const N: usize>(
+    op: &K,
+    inputs: [Tensor<B, 1>; N],
+) -> (Tensor<B, 1>, [Vec<E>; N], K::Saved<E>) {
+    let device = inputs[0].device();
+    let x = inputs.map(to_host::<B, E, 1>);
+    let (out, saved) = op.forward(x.each_ref().map(|v| v.as_slice()));
+    let len = out.len();
+    (from_host(out, [len], &device), x, saved)
+}
+
+#[derive(Debug)]
+struct OpBackward<K, E>(PhantomData<(K, E)>);
+
+#[derive(Debug)]
+struct OpState<K: HostOp<N>, E: Elem, const N: usize> {
+    op: K,
+    inputs: [Vec<E>; N],
+    saved: K::Saved<E>,
+}
+
+impl<B, K, E, const N: usize> Backward<B, N> for OpBackward<K, E>
+where
+    B: Backend,
+    K: HostOp<N>,
+    E: Elem + Element,
+{
+    type State = Arc<OpState<K, E, N>>;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let st = ops.state;
+        let d_out =
+            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let device = d_out.device();
+        let x = st.inputs.each_ref().map(|v| v.as_slice());
+        let host_grads = st.op.backward(x, &st.saved, &to_host(d_out));
+        for (parent, grad) in ops.parents.into_iter().zip(host_grads) {
+            if let Some(node) = parent {
+                let len = grad.len();
+                let grad = from_host::<B, E, 1>(grad, [len], &device);
+                grads.register::<B>(node.id, grad.into_primitive().tensor());
+            }
+        }
+    }
+}
+
+/// [`host_op_forward`] as one node of the autodiff graph.
+pub(super) fn tracked_op<B, C, E, K, const N: usize>(
+    op: K,
+    inputs: [Tensor<Autodiff<B, C>, 1>; N],
+) -> Tensor<Autodiff<B, C>, 1>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    E: Elem + Element,
+    K: HostOp<N>,
+{
+    let xs = inputs.map(|x| x.into_primitive().tensor());
+    let nodes = xs.each_ref().map(|x| x.node.clone());
+    let inner = xs.map(|x| Tensor::from_primitive(TensorPrimitive::Float(x.primitive)));
+    let (out, inputs, saved) = host_op_forward::<B, E, K, N>(&op, inner);
+    let out = out.into_primitive().tensor();
+    let backward =
+        <OpBackward<K, E> as Backward<B, N>>::prepare::<C>(OpBackward(PhantomData), nodes);
+    let out = match backward.compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(Arc::new(OpState { op, inputs, saved }), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Rows per parallel task for rows of `width` elements: about 16K elements a task, so a task
+/// outweighs rayon's scheduling and small inputs still split across cores.
+pub(crate) fn rows_per_task(width: usize) -> usize {
+    (16 * 1024 / width.max(1)).max(1)
+}

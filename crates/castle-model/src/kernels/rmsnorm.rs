@@ -1,0 +1,82 @@
+//! RMSNorm `y = x / sqrt(mean(x^2) + eps) (.) gamma` over rows of `d`, in one parallel pass
+//! forward and one backward.
+
+use rayon::prelude::*;
+
+use super::host_op::{rows_per_task, HostOp};
+use super::Elem;
+
+/// RMSNorm of rows of width `d`; inputs `[x, gamma]`, `x` a whole number of rows.
+#[derive(Debug, Clone, Copy)]
+pub struct RmsNormRows {
+    pub d: usize,
+    pub eps: f64,
+}
+
+impl HostOp<2> for RmsNormRows {
+    /// `1 / sqrt(mean(x^2) + eps)` per row.
+    type Saved<E: Elem> = Vec<E>;
+
+    fn forward<E: Elem>(&self, [x, gamma]: [&[E]; 2]) -> (Vec<E>, Vec<E>) {
+        let d = self.d;
+        assert!(
+            gamma.len() == d && x.len() % d == 0,
+            "RMSNorm: gain of {} for rows of {d} over {} values",
+            gamma.len(),
+            x.len()
+        );
+        let rows = rows_per_task(d);
+        let mut out = vec![E::zero(); x.len()];
+        let mut rstd = vec![E::zero(); x.len() / d];
+        out.par_chunks_mut(rows * d)
+            .zip(rstd.par_chunks_mut(rows))
+            .zip(x.par_chunks(rows * d))
+            .for_each(|((out, rstd), x)| {
+                for ((y, r), x) in out.chunks_mut(d).zip(rstd.iter_mut()).zip(x.chunks(d)) {
+                    let ms = x.iter().fold(E::zero(), |s, &v| s + v * v) / E::of(d as f64);
+                    *r = E::one() / (ms + E::of(self.eps)).sqrt();
+                    for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+                        *y = x * *r * g;
+                    }
+                }
+            });
+        (out, rstd)
+    }
+
+    /// `d gamma = sum_rows dy (.) x r`; `dx = r (gamma (.) dy) - r^3 / d x sum(gamma (.) dy (.) x)`.
+    fn backward<E: Elem>(&self, [x, gamma]: [&[E]; 2], rstd: &Vec<E>, dy: &[E]) -> [Vec<E>; 2] {
+        let d = self.d;
+        let rows = rows_per_task(d);
+        let mut dx = vec![E::zero(); x.len()];
+        let d_gamma = dx
+            .par_chunks_mut(rows * d)
+            .zip(rstd.par_chunks(rows))
+            .zip(x.par_chunks(rows * d).zip(dy.par_chunks(rows * d)))
+            .map(|((dx, rstd), (x, dy))| {
+                let mut d_gamma = vec![E::zero(); d];
+                for (((dx, &r), x), dy) in dx
+                    .chunks_mut(d)
+                    .zip(rstd)
+                    .zip(x.chunks(d))
+                    .zip(dy.chunks(d))
+                {
+                    let mut dot = E::zero();
+                    for j in 0..d {
+                        dot = dot + gamma[j] * dy[j] * x[j];
+                        d_gamma[j] = d_gamma[j] + dy[j] * x[j] * r;
+                    }
+                    let c = r * r * r * dot / E::of(d as f64);
+                    for j in 0..d {
+                        dx[j] = r * gamma[j] * dy[j] - c * x[j];
+                    }
+                }
+                d_gamma
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a = *a + b);
+                a
+            })
+            .unwrap_or_else(|| vec![E::zero(); d]);
+        [dx, d_gamma]
+    }
+}
