@@ -1,0 +1,299 @@
+//! Data parallelism through burn-collective on `configs/tiny.toml` (CPU, `flex`): two ranks in
+//! one process and two processes on localhost reproduce the single-device run step by step and
+//! end with the same parameters; a SIGKILLed two-rank run resumes exactly; a single-device
+//! checkpoint resumes on two ranks on the same loss curve; a node that never joins, or dies,
+//! stops the run with an error in bounded time.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use castle_train::checkpoint;
+use castle_train::metrics::{read_metrics, StepMetrics};
+use common::{castle_train, tiny_args, with, write_corpus};
+
+type B = Autodiff<Flex>;
+
+fn metrics(run: &Path) -> Vec<StepMetrics> {
+    read_metrics(&run.join("metrics.jsonl")).unwrap()
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "castle-train failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every logged step of `b` matches `a`'s: train loss to 1e-5 relative, validation alike.
+fn assert_same_curve(a: &[StepMetrics], b: &[StepMetrics]) {
+    assert_eq!(a.len(), b.len(), "logged steps");
+    assert!(a.len() >= 10);
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((x.step, x.tokens), (y.step, y.tokens));
+        let rel = (x.train_loss - y.train_loss).abs() / x.train_loss.abs();
+        assert!(
+            rel < 1e-5,
+            "step {}: train_loss {} vs {}",
+            x.step,
+            x.train_loss,
+            y.train_loss
+        );
+        assert_eq!(x.val_loss.is_some(), y.val_loss.is_some());
+        if let (Some(u), Some(v)) = (x.val_loss, y.val_loss) {
+            assert!((u - v).abs() / u < 1e-5, "step {} val: {u} vs {v}", x.step);
+        }
+    }
+}
+
+/// Every parameter of the last checkpoint, flattened, in the model's order.
+fn final_params(run: &Path) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0
+                .extend(param.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let ckpt = checkpoint::read(checkpoint::list(run).unwrap().last().unwrap()).unwrap();
+    let vocab = ckpt.tokenizer().unwrap().vocab_size();
+    let model = ckpt.load_model::<B>(vocab, &Default::default()).unwrap();
+    let mut collect = Collect(vec![]);
+    model.visit(&mut collect);
+    collect.0
+}
+
+fn assert_same_params(a: &Path, b: &Path) {
+    let (x, y) = (final_params(a), final_params(b));
+    assert_eq!(x.len(), y.len());
+    let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = x
+        .iter()
+        .zip(&y)
+        .fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+    assert!(
+        worst <= 1e-5 * scale,
+        "largest parameter difference {worst} (scale {scale})"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_castle-train"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` at most `limit`, killing it past that.
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!(
+                "castle-train ran past {limit:?}: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The flags of node `rank` of a two-node run on localhost.
+fn node_flags(rank: usize, master: u16, node_port: u16, timeout_s: u64) -> Vec<String> {
+    [
+        "--nnodes",
+        "2",
+        "--node-rank",
+        &rank.to_string(),
+        "--master-addr",
+        &format!("127.0.0.1:{master}"),
+        "--node-addr",
+        &format!("127.0.0.1:{node_port}"),
+        "--peer-timeout-s",
+        &timeout_s.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn plus(mut args: Vec<String>, extra: &[String]) -> Vec<String> {
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn two_ranks_in_one_process_reproduce_the_single_device_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(tmp.path(), 30);
+    assert_success(&castle_train(&tiny_args(tmp.path(), "single")));
+    let two = plus(
+        tiny_args(tmp.path(), "two"),
+        &["--devices".into(), "2".into()],
+    );
+    let out = castle_train(&two);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("validation perplexity:"));
+    let (a, b) = (tmp.path().join("single"), tmp.path().join("two"));
+    assert_same_curve(&metrics(&a), &metrics(&b));
+    assert_same_params(&a, &b);
+    assert!(b.join("summary.json").exists());
+}
+
+#[test]
+fn two_nodes_on_localhost_reproduce_the_single_device_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(tmp.path(), 30);
+    assert_success(&castle_train(&tiny_args(tmp.path(), "single")));
+    let args = tiny_args(tmp.path(), "nodes");
+    let master = free_port();
+    let nodes: Vec<Child> = (0..2)
+        .map(|rank| {
+            spawn(&plus(
+                args.clone(),
+                &node_flags(rank, master, free_port(), 60),
+            ))
+        })
+        .collect();
+    for node in nodes {
+        assert_success(&wait_bounded(node, Duration::from_secs(180)));
+    }
+    let (a, b) = (tmp.path().join("single"), tmp.path().join("nodes"));
+    assert_same_curve(&metrics(&a), &metrics(&b));
+    assert_same_params(&a, &b);
+}
+
+#[test]
+fn two_rank_run_killed_by_sigkill_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(tmp.path(), 30);
+    assert_success(&castle_train(&tiny_args(tmp.path(), "straight")));
+    let args = plus(
+        tiny_args(tmp.path(), "interrupted"),
+        &["--devices".into(), "2".into()],
+    );
+    let interrupted = tmp.path().join("interrupted");
+    let mut child = spawn(&args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read_metrics(&interrupted.join("metrics.jsonl")).map_or(0, |m| m.len()) < 7 {
+        assert!(Instant::now() < deadline, "the run never reached step 7");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !interrupted.join("summary.json").exists(),
+        "killed before the end"
+    );
+    assert_success(&castle_train(&args));
+    assert_same_curve(
+        &metrics(&tmp.path().join("straight")),
+        &metrics(&interrupted),
+    );
+}
+
+#[test]
+fn single_device_checkpoint_resumes_on_two_ranks_on_the_same_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(tmp.path(), 30);
+    let keep_all = |run| with(tiny_args(tmp.path(), run), &["checkpoint.keep_last=20"]);
+    assert_success(&castle_train(&keep_all("single")));
+    // The same run stopped after step 6: its later checkpoints removed.
+    let (single, moved) = (tmp.path().join("single"), tmp.path().join("moved"));
+    std::fs::create_dir_all(moved.join("checkpoints")).unwrap();
+    for step in [2, 4, 6] {
+        let name = format!("checkpoints/step-{step:07}");
+        copy_dir(&single.join(&name), &moved.join(&name));
+    }
+    std::fs::copy(single.join("metrics.jsonl"), moved.join("metrics.jsonl")).unwrap();
+    assert_success(&castle_train(&plus(
+        keep_all("moved"),
+        &["--devices".into(), "2".into()],
+    )));
+    assert_eq!(metrics(&moved)[6].step, 7, "steps 7.. trained on two ranks");
+    assert_same_curve(&metrics(&single), &metrics(&moved));
+    assert_same_params(&single, &moved);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn a_node_that_never_joins_stops_the_run_in_bounded_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(tmp.path(), 30);
+    let started = Instant::now();
+    let node0 = spawn(&plus(
+        tiny_args(tmp.path(), "run"),
+        &node_flags(0, free_port(), free_port(), 3),
+    ));
+    let out = wait_bounded(node0, Duration::from_secs(60));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not every node joined within 3 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--nnodes"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_node_killed_mid_run_stops_the_other_with_an_error_and_a_valid_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(tmp.path(), 30);
+    let args = with(tiny_args(tmp.path(), "run"), &["train.steps=400"]);
+    let master = free_port();
+    let node0 = spawn(&plus(args.clone(), &node_flags(0, master, free_port(), 5)));
+    let mut node1 = spawn(&plus(args.clone(), &node_flags(1, master, free_port(), 5)));
+    let run = tmp.path().join("run");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read_metrics(&run.join("metrics.jsonl")).map_or(0, |m| m.len()) < 5 {
+        assert!(Instant::now() < deadline, "the run never reached step 5");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node1.kill().unwrap(); // SIGKILL
+    node1.wait().unwrap();
+    let out = wait_bounded(node0, Duration::from_secs(60));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a peer died or a node never joined") || stderr.contains("burn-collective"),
+        "{stderr}"
+    );
+    // The last checkpoint loads: the run resumes from it on one process with two ranks.
+    let last = checkpoint::list(&run).unwrap().pop().expect("a checkpoint");
+    let step = checkpoint::read(&last).unwrap().state.step;
+    let resumed = castle_train(&plus(
+        with(
+            tiny_args(tmp.path(), "run"),
+            &[&format!("train.steps={}", step + 2)],
+        ),
+        &["--devices".into(), "2".into()],
+    ));
+    assert_success(&resumed);
+}
