@@ -53,7 +53,7 @@ fn naive_chunked_and_fused_forward_agree() {
         for block in [1, 4, 7, 32] {
             for path in [
                 AttentionPath::Chunked { block },
-                AttentionPath::Fused { block },
+                AttentionPath::Kernel { block },
             ] {
                 let other = values(model.forward_with(tokens.clone(), path));
                 let err = max_abs_diff(&naive, &other);

@@ -57,7 +57,7 @@ fn chunked_and_fused_gradients_match_naive_for_every_parameter() {
     for (kind, path) in kinds.into_iter().flat_map(|k| {
         [
             (k, AttentionPath::Chunked { block: 5 }),
-            (k, AttentionPath::Fused { block: 5 }),
+            (k, AttentionPath::Kernel { block: 5 }),
         ]
     }) {
         let model = tiny_config(kind).init::<B>(53, &device);

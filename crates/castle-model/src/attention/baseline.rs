@@ -4,7 +4,8 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use super::lookahead::{owned, scale};
+use super::cache::CacheRows;
+use super::lookahead::scale;
 use super::{merge_heads, split_heads, AttentionPath};
 use crate::kernels::AttentionBackend;
 use crate::layers::linear;
@@ -23,13 +24,13 @@ pub struct CausalSelfAttention<B: Backend> {
 /// Keys and values of the positions seen so far, `[batch, heads, t, d]`.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+    k: CacheRows<B>,
+    v: CacheRows<B>,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn len(&self) -> usize {
-        self.k.dims()[2]
+        self.k.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -81,8 +82,8 @@ impl<B: AttentionBackend> CausalSelfAttention<B> {
         let [q, k, v] = self.project(x, rope);
         let out = attend(q, k.clone(), v.clone(), path);
         let cache = KvCache {
-            k: owned(k),
-            v: owned(v),
+            k: CacheRows::new(k),
+            v: CacheRows::new(v),
         };
         (self.out.forward(merge_heads(out)), cache)
     }
@@ -95,11 +96,11 @@ impl<B: AttentionBackend> CausalSelfAttention<B> {
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
         let [q, k, v] = self.project(x, rope);
-        cache.k = Tensor::cat(vec![cache.k.clone(), k], 2);
-        cache.v = Tensor::cat(vec![cache.v.clone(), v], 2);
+        cache.k.push(k);
+        cache.v.push(v);
         let d = q.dims()[3];
-        let p = softmax(q.matmul(cache.k.clone().swap_dims(2, 3)) * scale(d), 3);
-        self.out.forward(merge_heads(p.matmul(cache.v.clone())))
+        let p = softmax(q.matmul(cache.k.rows().swap_dims(2, 3)) * scale(d), 3);
+        self.out.forward(merge_heads(p.matmul(cache.v.rows())))
     }
 }
 
@@ -111,7 +112,7 @@ fn attend<B: AttentionBackend>(
 ) -> Tensor<B, 4> {
     match path {
         AttentionPath::Naive | AttentionPath::Chunked { .. } => causal_attention(q, k, v),
-        AttentionPath::Fused { block } => B::causal_attention(q, k, v, block),
+        AttentionPath::Kernel { block } => B::causal_attention(q, k, v, block),
     }
 }
 

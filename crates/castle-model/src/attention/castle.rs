@@ -89,7 +89,7 @@ impl<B: AttentionBackend> CastleAttention<B> {
             AttentionPath::Chunked { block } => {
                 attend(h, lookahead_scores_chunked(h, self.window, block))
             }
-            AttentionPath::Fused { block } => B::castle_attention(h, self.window, block),
+            AttentionPath::Kernel { block } => B::castle_attention(h, self.window, block),
         };
         self.out.forward(merge_heads(o))
     }

@@ -11,6 +11,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
+use super::cache::CacheRows;
 use crate::layers::{sigmoid, silu};
 
 /// The seven per-head projections one CASTLE layer feeds into attention, `[batch, heads, len, d]`.
@@ -176,21 +177,17 @@ pub fn attend<B: Backend>(h: &CastleHeads<B>, lookahead_scores: Tensor<B, 4>) ->
     softmax(logits.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(h.vc.clone())
 }
 
-/// `x` in a buffer of its own. The per-head projections are slices of one fused projection
-/// output; a cache that kept the slices would keep the whole output alive (`6 n d` numbers per
-/// token for CASTLE instead of the `4 n d` of spec section 4). Adding zero is exact.
-pub(crate) fn owned<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    x.add_scalar(0.0)
-}
-
 /// The UQ-KV cache of one layer (spec section 4): lookahead keys `U` (rewritten every step),
 /// lookahead queries `Qu`, causal keys `Kc` and values `Vc`, each `[batch, heads, t, d]`.
+/// `Qu`, `Kc`, `Vc` only grow, in place ([`CacheRows`]). Every row of `U` inside the window
+/// changes at each step, so `U` is rebuilt instead: one O(t d) copy, the order of the rewrite
+/// itself (a strided in-place update measured slower on the CPU backends).
 #[derive(Debug, Clone)]
 pub struct UqKvCache<B: Backend> {
     u: Tensor<B, 4>,
-    qu: Tensor<B, 4>,
-    kc: Tensor<B, 4>,
-    vc: Tensor<B, 4>,
+    qu: CacheRows<B>,
+    kc: CacheRows<B>,
+    vc: CacheRows<B>,
 }
 
 impl<B: Backend> UqKvCache<B> {
@@ -201,15 +198,15 @@ impl<B: Backend> UqKvCache<B> {
         let weights = sigmoid(h.qu.clone().matmul(transpose(h.ku.clone())) * scale(d));
         Self {
             u: (weights * mu.unsqueeze::<4>()).matmul(h.vu.clone()),
-            qu: owned(h.qu.clone()),
-            kc: owned(h.kc.clone()),
-            vc: owned(h.vc.clone()),
+            qu: CacheRows::new(h.qu.clone()),
+            kc: CacheRows::new(h.kc.clone()),
+            vc: CacheRows::new(h.vc.clone()),
         }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.u.dims()[2]
+        self.kc.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -222,21 +219,24 @@ impl<B: Backend> UqKvCache<B> {
         let [b, nh, t, d] = self.u.dims();
         let s = scale(d);
         let first = window.map_or(0, |w| t.saturating_sub(w));
-        if first < t {
-            let rows = [0..b, 0..nh, first..t, 0..d];
-            let qu = self.qu.clone().slice(rows.clone());
-            let weights = sigmoid(qu.matmul(transpose(h.ku.clone())) * s); // [b, nh, rows, 1]
-            let updated = self.u.clone().slice(rows.clone()) + weights * h.vu.clone();
-            self.u = self.u.clone().slice_assign(rows, updated);
+        let mut u = vec![];
+        if first > 0 {
+            u.push(self.u.clone().slice([0..b, 0..nh, 0..first, 0..d])); // outside the window
         }
-        let zero_row = Tensor::zeros([b, nh, 1, d], &h.vu.device()); // u_t^t = 0
-        self.u = Tensor::cat(vec![self.u.clone(), zero_row], 2);
-        self.qu = Tensor::cat(vec![self.qu.clone(), h.qu.clone()], 2);
-        self.kc = Tensor::cat(vec![self.kc.clone(), h.kc.clone()], 2);
-        self.vc = Tensor::cat(vec![self.vc.clone(), h.vc.clone()], 2);
+        if first < t {
+            let qu = self.qu.rows_in(first..t);
+            let weights = sigmoid(qu.matmul(transpose(h.ku.clone())) * s); // [b, nh, rows, 1]
+            let rows = self.u.clone().slice([0..b, 0..nh, first..t, 0..d]);
+            u.push(rows + weights * h.vu.clone());
+        }
+        u.push(Tensor::zeros([b, nh, 1, d], &h.vu.device())); // u_t^t = 0
+        self.u = Tensor::cat(u, 2);
+        self.qu.push(h.qu.clone());
+        self.kc.push(h.kc.clone());
+        self.vc.push(h.vc.clone());
 
-        let causal = h.qc.clone().matmul(transpose(self.kc.clone())) * s;
+        let causal = h.qc.clone().matmul(transpose(self.kc.rows())) * s;
         let lookahead = h.qc_nope.clone().matmul(transpose(self.u.clone())) * s;
-        softmax(causal - silu(lookahead), 3).matmul(self.vc.clone())
+        softmax(causal - silu(lookahead), 3).matmul(self.vc.rows())
     }
 }

@@ -1,6 +1,7 @@
 //! Attention layers: the causal-softmax baseline and CASTLE, with their decoding caches.
 
 pub mod baseline;
+pub mod cache;
 pub mod castle;
 pub mod lookahead;
 
@@ -17,9 +18,10 @@ pub enum AttentionPath {
     Naive,
     /// burn tensor ops; CASTLE by the O(L^2 d) chunked form with this block size.
     Chunked { block: usize },
-    /// The backend's [`crate::kernels::AttentionBackend`] implementation with this block size:
-    /// the fused kernels on CPU, the chunked tensor-op form on GPU. The training path.
-    Fused { block: usize },
+    /// The backend's attention kernel ([`crate::kernels::AttentionBackend`]) with this block size:
+    /// the fused CPU kernels on `flex` and `ndarray`; on CUDA, until its own kernels exist, the
+    /// chunked tensor-op form. The training path.
+    Kernel { block: usize },
 }
 
 /// One layer's decoding cache.
