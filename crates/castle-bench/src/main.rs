@@ -1,9 +1,10 @@
-//! `castle-bench`: see the library docs. Prints a Markdown report and writes it into
-//! `docs/benchmarks.md` between the generated-section markers (the rest of the file is kept).
+//! `castle-bench`: see the library docs. Prints a Markdown report; with `--write` it also puts it
+//! into `docs/benchmarks.md` (or the given file) between the generated-section markers, keeping
+//! the rest of the file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use castle_bench::{alloc, markdown, run, BackendKind, Options};
 use clap::Parser;
 
@@ -22,9 +23,9 @@ struct Args {
     /// Tables to run, comma-separated: 1 (attention), 2 (training step), 3 (decoding).
     #[arg(long, value_delimiter = ',')]
     tables: Option<Vec<u8>>,
-    /// Backends for tables 1-2, comma-separated (ndarray, flex); the first also runs table 3.
-    #[arg(long, value_delimiter = ',')]
-    backends: Option<Vec<String>>,
+    /// Backends for tables 1-2, comma-separated (flex, ndarray); the first also runs table 3.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    backends: Option<Vec<BackendKind>>,
     /// Sequence lengths of table 1.
     #[arg(long, value_delimiter = ',')]
     lengths: Option<Vec<usize>>,
@@ -46,9 +47,10 @@ struct Args {
     /// Timed decode steps per context length in table 3.
     #[arg(long)]
     decode_steps: Option<usize>,
-    /// Where to write the report (between its markers); `-` for stdout only.
-    #[arg(long, default_value = "docs/benchmarks.md")]
-    out: String,
+    /// Also write the report into this file, between its generated-section markers (the rest of
+    /// the file is kept). Without a value: docs/benchmarks.md.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "docs/benchmarks.md")]
+    write: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -62,10 +64,7 @@ fn main() -> Result<()> {
         opts.tables = t;
     }
     if let Some(b) = args.backends {
-        opts.backends = b
-            .iter()
-            .map(|s| BackendKind::parse(s).with_context(|| format!("unknown backend {s:?}")))
-            .collect::<Result<_>>()?;
+        opts.backends = b;
     }
     if let Some(l) = args.lengths {
         opts.lengths = l;
@@ -94,7 +93,7 @@ fn main() -> Result<()> {
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let report = run(&opts, &mut |line| eprintln!("{line}"));
+    let report = run(&opts, &mut |line| eprintln!("{line}"))?;
     let body = format!(
         "Command: `{command}` (release build). Machine: {cores} cores{}. \
          Wall time of the run: {:.0} s.\n\n{}",
@@ -107,15 +106,15 @@ fn main() -> Result<()> {
         markdown(&report, &opts)
     );
     println!("{body}");
-    if args.out != "-" {
-        write_section(&PathBuf::from(&args.out), &body)?;
-        eprintln!("wrote {}", args.out);
+    if let Some(path) = &args.write {
+        write_section(path, &body)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
 
 /// Replaces the generated section of `path` (creating the file if needed), keeping the rest.
-fn write_section(path: &PathBuf, body: &str) -> Result<()> {
+fn write_section(path: &Path, body: &str) -> Result<()> {
     let section = format!("{BEGIN}\n{body}\n{END}");
     let text = match std::fs::read_to_string(path) {
         Ok(old) => match (old.find(BEGIN), old.find(END)) {
@@ -129,5 +128,5 @@ fn write_section(path: &PathBuf, body: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    castle_data::write_atomic(path, text.as_bytes())
 }

@@ -15,9 +15,10 @@ fn quick_run_produces_every_table() {
     opts.decode_lengths = vec![8, 16];
     opts.model.seq_len = 16;
     opts.model.block_size = 8;
-    for backend in [BackendKind::Flex, BackendKind::NdArray] {
+    opts.train_shapes = vec![opts.model];
+    for backend in [BackendKind::Flex, BackendKind::Ndarray] {
         opts.backends = vec![backend];
-        let report = run(&opts, &mut |_| {});
+        let report = run(&opts, &mut |_| {}).unwrap();
         // 2 settings x 2 lengths x (baseline, naive, chunked, 2 x (baseline, castle, swl) fused).
         assert_eq!(report.attention.len(), 2 * 2 * 9);
         assert_eq!(report.train.len(), 3);
@@ -31,7 +32,15 @@ fn quick_run_produces_every_table() {
         assert!(report
             .train
             .iter()
-            .all(|r| r.tokens_per_s > 0.0 && r.state_bytes > 0));
+            .all(|r| r.tokens_per_s > 0.0 && r.state_bytes > 0 && r.cores_busy > 0.0));
+        for r in &report.train {
+            let phases: f64 = r.split.iter().sum();
+            assert!(
+                r.split.iter().all(|&p| p > 0.0) && phases <= 1.0 + 1e-9,
+                "forward, backward and optimizer are parts of the step: {:?}",
+                r.split
+            );
+        }
         let md = markdown(&report, &opts);
         for heading in ["## 1.", "## 2.", "## 3.", "## Targets"] {
             assert!(md.contains(heading), "missing {heading} in\n{md}");

@@ -1,0 +1,40 @@
+//! The report: the machine's matmul rate, one section per table, and the targets they grade.
+
+use std::fmt::Write as _;
+
+use crate::{attention, decode, train, Options, Report};
+
+pub(crate) fn yes(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+/// The report as Markdown.
+pub fn markdown(report: &Report, opts: &Options) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Matrix-multiply rate ({0} x {0} x {0}, f32, median):",
+        opts.matmul_size
+    );
+    let _ = writeln!(md);
+    for (b, r) in &report.matmul_gflops {
+        let _ = writeln!(md, "- `{}`: {r:.1} GFLOP/s", b);
+    }
+    let _ = writeln!(md);
+
+    let mut targets = String::new();
+    attention::section(report, opts, &mut md, &mut targets);
+    train::section(report, opts, &mut md, &mut targets);
+    decode::section(report, opts, &mut md, &mut targets);
+    if !targets.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Targets\n\n| where | target | measured | |\n|---|---|---|---|\n{targets}"
+        );
+    }
+    md
+}
