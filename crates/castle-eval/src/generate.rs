@@ -9,30 +9,13 @@ use anyhow::{bail, Result};
 use burn::prelude::*;
 use castle_model::{AttentionBackend, CastleLm};
 
+use rand::{Rng as _, SeedableRng};
+
 use crate::mc::argmax;
 
-/// SplitMix64: a small, seedable generator, so a seed gives the same text everywhere.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The sampling generator: ChaCha8, seedable and value-stable across versions, so a seed gives
+/// the same text everywhere.
+pub type Rng = rand_chacha::ChaCha8Rng;
 
 /// How the next token is drawn from the logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,7 +52,7 @@ pub fn sample(logits: &[f32], options: &SamplingOptions, rng: &mut Rng) -> usize
         .iter()
         .map(|&i| ((logits[i] as f64 - top) / options.temperature).exp())
         .collect();
-    let mut r = rng.next_f64() * weights.iter().sum::<f64>();
+    let mut r = rng.random::<f64>() * weights.iter().sum::<f64>();
     for (&i, w) in order.iter().zip(&weights) {
         if r < *w {
             return i;
@@ -216,7 +199,7 @@ fn sample_loop(
     mut next_logits: impl FnMut(&[u32]) -> Vec<f32>,
 ) -> Result<Generation> {
     let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, max_seq_len)?;
-    let mut rng = Rng::new(options.seed);
+    let mut rng = Rng::seed_from_u64(options.seed);
     let mut sequence = prompt.to_vec();
     let mut out = Generation {
         prompt_tokens: prompt.len(),

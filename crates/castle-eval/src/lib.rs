@@ -5,9 +5,11 @@
 //! - [`generate`]: sampling with the KV cache (baseline) or the UQ-KV cache (CASTLE,
 //!   CASTLE-SWL), and a reference that recomputes the whole sequence at every step.
 //! - [`mc`]: zero-shot multiple choice scored as lm-evaluation-harness does (`acc`, `acc_norm`).
+//! - [`export`]: writes a checkpoint as `model.safetensors` + `config.json` for other frameworks.
 //! - [`load`]: picks and loads a checkpoint from a run or checkpoint directory.
 //! - [`run`]: the binary's work on a chosen backend, and its table / JSON report.
 
+pub mod export;
 pub mod generate;
 pub mod load;
 pub mod mc;

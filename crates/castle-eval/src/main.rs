@@ -9,7 +9,7 @@ use castle_data::InputFormat;
 use castle_eval::generate::SamplingOptions;
 use castle_eval::run::{evaluate, EvalRequest, GenerationRequest, PerplexityRequest};
 use castle_train::config::BackendKind;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 #[derive(Parser)]
 #[command(
@@ -28,10 +28,14 @@ struct Args {
     best: bool,
     /// Run on this backend instead of the checkpoint's backend.kind.
     #[arg(long, value_enum)]
-    backend: Option<Backend>,
+    backend: Option<BackendKind>,
     /// Print one JSON object instead of a table (generated text is then not streamed).
     #[arg(long)]
     json: bool,
+    /// Write the checkpoint's model to this new (or empty) directory as model.safetensors
+    /// (PyTorch LLaMA-style names, [out, in] weights), config.json and tokenizer.json, then exit.
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
 
     /// Report perplexity even when --prompt or --tasks is given.
     #[arg(long, help_heading = "Perplexity")]
@@ -42,7 +46,7 @@ struct Args {
     data: Option<PathBuf>,
     /// Format of --data.
     #[arg(long, value_enum, default_value = "auto", help_heading = "Perplexity")]
-    format: Format,
+    format: InputFormat,
     /// JSON Lines field / Parquet column holding the text of --data.
     #[arg(long, default_value = "text", help_heading = "Perplexity")]
     text_field: String,
@@ -79,44 +83,28 @@ struct Args {
     tasks: Vec<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Backend {
-    Ndarray,
-    Flex,
-    Cuda,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Auto,
-    Text,
-    Jsonl,
-    Parquet,
-}
-
 fn main() -> ExitCode {
     castle_data::cli::main_with_logging(|| run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {
+    if let Some(out) = &args.export {
+        let report = castle_eval::export::export(&args.ckpt, args.best, args.backend, out)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        return Ok(());
+    }
     let wants_perplexity =
         args.perplexity || args.data.is_some() || (args.prompt.is_none() && args.tasks.is_empty());
-    let format = match args.format {
-        Format::Auto => InputFormat::Auto,
-        Format::Text => InputFormat::Text,
-        Format::Jsonl => InputFormat::Jsonl,
-        Format::Parquet => InputFormat::Parquet,
-    };
     let request = EvalRequest {
         ckpt: args.ckpt,
         best: args.best,
-        backend: args.backend.map(|b| match b {
-            Backend::Ndarray => BackendKind::Ndarray,
-            Backend::Flex => BackendKind::Flex,
-            Backend::Cuda => BackendKind::Cuda,
-        }),
+        backend: args.backend,
         perplexity: wants_perplexity.then(|| PerplexityRequest {
-            data: args.data.map(|p| (p, format, args.text_field)),
+            data: args.data.map(|p| (p, args.format, args.text_field)),
             tokens: args.tokens,
             seq_len: args.seq_len,
             batch_size: args.batch_size,

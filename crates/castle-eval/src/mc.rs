@@ -3,7 +3,8 @@
 //! A task is a JSON Lines file of `{"context": ..., "choices": [...], "gold": i}`. Each choice is
 //! scored by the summed log-likelihood of its tokens given the context; `acc` counts items whose
 //! highest-scoring choice is `gold`, `acc_norm` does the same after dividing each score by the
-//! choice's length in UTF-8 bytes. Choices are scored exactly as written: put the separator
+//! choice's length in characters (Unicode scalar values, Python's `len`, as lm-eval's
+//! `completion_len`; not UTF-8 bytes, which differ on any non-ASCII choice). Choices are scored exactly as written: put the separator
 //! (usually one leading space, `" Paris"`) into the choice text, as lm-eval's converted tasks do.
 //!
 //! Tokenization follows lm-eval's `_encode_pair`: trailing whitespace of the context moves to the
@@ -125,14 +126,20 @@ pub fn argmax<T: PartialOrd + Copy>(values: &[T]) -> usize {
 }
 
 /// Predictions of one item: `(acc choice, acc_norm choice)` from summed log-likelihoods and the
-/// choices' lengths in bytes.
-pub fn predict(loglikelihoods: &[f64], byte_lengths: &[usize]) -> (usize, usize) {
+/// choices' lengths in characters ([`char_len`]).
+pub fn predict(loglikelihoods: &[f64], char_lengths: &[usize]) -> (usize, usize) {
     let normalised: Vec<f64> = loglikelihoods
         .iter()
-        .zip(byte_lengths)
+        .zip(char_lengths)
         .map(|(ll, &n)| ll / n.max(1) as f64)
         .collect();
     (argmax(loglikelihoods), argmax(&normalised))
+}
+
+/// A choice's length as lm-eval's `acc_norm` counts it: Python's `len`, i.e. Unicode scalar
+/// values (`"é"` is 1, not its 2 UTF-8 bytes).
+pub fn char_len(choice: &str) -> usize {
+    choice.chars().count()
 }
 
 /// Scores of one task file.
@@ -169,7 +176,7 @@ pub fn evaluate_task(path: &Path, tok: &Tok, scorer: &mut impl Scorer) -> Result
         let lls = scorer
             .loglikelihoods(&requests)
             .with_context(|| format!("{}:{}", path.display(), item.line))?;
-        let lengths: Vec<usize> = item.choices.iter().map(String::len).collect();
+        let lengths: Vec<usize> = item.choices.iter().map(|c| char_len(c)).collect();
         let (pred, pred_norm) = predict(&lls, &lengths);
         correct += usize::from(pred == item.gold);
         correct_norm += usize::from(pred_norm == item.gold);

@@ -8,7 +8,7 @@ use burn::backend::NdArray;
 use burn::prelude::*;
 use castle_data::Tok;
 use castle_eval::mc::{
-    encode_pair, evaluate_task, predict, read_items, ModelScorer, Request, Scorer,
+    char_len, encode_pair, evaluate_task, predict, read_items, ModelScorer, Request, Scorer,
 };
 use castle_model::lm::token_nll;
 use castle_model::{AttentionKind, ModelConfig};
@@ -32,6 +32,33 @@ fn predictions_from_known_likelihoods() {
     assert_eq!(predict(&lls, &bytes), (0, 2));
     // Ties go to the first, as numpy's argmax.
     assert_eq!(predict(&[-1.0, -1.0], &[4, 4]), (0, 0));
+}
+
+/// Fixed log-likelihoods, one per choice in order.
+struct FixedScorer(Vec<f64>);
+
+impl Scorer for FixedScorer {
+    fn loglikelihoods(&mut self, requests: &[Request]) -> Result<Vec<f64>> {
+        assert_eq!(requests.len(), self.0.len());
+        Ok(self.0.clone())
+    }
+}
+
+#[test]
+fn acc_norm_divides_by_characters_as_python_len_not_bytes() {
+    assert_eq!(char_len(" é"), 2);
+    assert_eq!(char_len("naïve café"), 10);
+    assert_eq!(char_len("日本"), 2);
+    let tok = tokenizer();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accents.jsonl");
+    // " éé": 3 characters, 5 bytes, ll -4.5; " abc": 4 characters and bytes, ll -5.
+    // Per character " abc" wins (-1.25 > -1.5); per byte " éé" would (-0.9 > -1.25).
+    let line = serde_json::json!({"context": "Q:", "choices": [" éé", " abc"], "gold": 1});
+    std::fs::write(&path, line.to_string()).unwrap();
+    let result = evaluate_task(&path, &tok, &mut FixedScorer(vec![-4.5, -5.0])).unwrap();
+    assert_eq!(result.acc, 0.0, "by the sum, choice 0 wins");
+    assert_eq!(result.acc_norm, 1.0, "by characters, choice 1 wins");
 }
 
 /// Every token costs one nat, whatever the context: a choice's score is minus its token count.

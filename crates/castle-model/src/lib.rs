@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod layers;
 pub mod lm;
 pub mod rope;
+pub mod safetensors;
 
 pub use attention::{AttentionCache, AttentionPath};
 pub use config::{AttentionKind, ConfigError, ModelConfig, ParamSummary};

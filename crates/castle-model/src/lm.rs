@@ -8,9 +8,10 @@ use burn::tensor::activation::log_softmax;
 
 use crate::attention::{AttentionCache, AttentionPath, CastleAttention, CausalSelfAttention};
 use crate::config::{AttentionKind, ModelConfig};
+use crate::kernels::cross_entropy::CrossEntropyRows;
 use crate::kernels::AttentionBackend;
 use crate::layers::{linear, RmsNorm, SwiGlu};
-use crate::rope::RopeTables;
+use crate::rope::{Rope, RopeTables};
 
 const NORM_EPS: f64 = 1e-5;
 
@@ -37,6 +38,9 @@ pub struct CastleLm<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     #[module(skip)]
     pub config: ModelConfig,
+    /// RoPE's cos/sin tables of every position, computed once.
+    #[module(skip)]
+    pub rope: Rope,
 }
 
 /// Decoding state: one cache per layer and the number of positions seen.
@@ -95,6 +99,7 @@ impl ModelConfig {
             norm: RmsNorm::new(d_model, NORM_EPS, device),
             lm_head: (!self.tie_embeddings).then(|| linear(d_model, vocab_size, 0.02, device)),
             config: self.clone(),
+            rope: Rope::new(self.max_seq_len, self.head_dim, self.rope_theta),
         }
     }
 }
@@ -110,7 +115,7 @@ impl<B: AttentionBackend> CastleLm<B> {
     }
 
     fn training_path(&self) -> AttentionPath {
-        AttentionPath::Fused {
+        AttentionPath::Kernel {
             block: self.config.block_size,
         }
     }
@@ -174,19 +179,7 @@ impl<B: AttentionBackend> CastleLm<B> {
     }
 
     fn rope(&self, start: usize, len: usize, device: &B::Device) -> RopeTables<B> {
-        assert!(
-            start + len <= self.config.max_seq_len,
-            "sequence of {} positions exceeds model.max_seq_len = {}",
-            start + len,
-            self.config.max_seq_len
-        );
-        RopeTables::new(
-            start,
-            len,
-            self.config.head_dim,
-            self.config.rope_theta,
-            device,
-        )
+        self.rope.tables(start, len, device)
     }
 
     fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -198,14 +191,39 @@ impl<B: AttentionBackend> CastleLm<B> {
     }
 }
 
-impl<B: Backend> Block<B> {
+impl<B: AttentionBackend> Block<B> {
     fn feed_forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
     }
 }
 
-/// Per-token negative log-likelihood `[batch, len]` of `targets` under `logits`.
-pub fn token_nll<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+/// Per-token negative log-likelihood `[batch, len]` of `targets` under `logits`; one fused
+/// softmax cross-entropy kernel on CPU.
+pub fn token_nll<B: AttentionBackend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> Tensor<B, 2> {
+    if !B::HOST_KERNELS {
+        return token_nll_reference(logits, targets);
+    }
+    let [b, l, vocab] = logits.dims();
+    let targets = targets
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("targets converted to i64")
+        .into_iter()
+        .map(|t| usize::try_from(t).unwrap_or(usize::MAX))
+        .collect();
+    let op = CrossEntropyRows::new(vocab, targets);
+    B::host_op(op, [logits.reshape([-1])]).reshape([b, l])
+}
+
+/// [`token_nll`] in tensor ops (`log_softmax` and `gather`): the reference, and the GPU path.
+pub fn token_nll_reference<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> Tensor<B, 2> {
     let [b, l, _] = logits.dims();
     log_softmax(logits, 2)
         .gather(2, targets.reshape([b, l, 1]))

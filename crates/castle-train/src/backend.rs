@@ -19,8 +19,6 @@ pub fn dispatch<T: OnBackend>(kind: BackendKind, task: T) -> Result<T::Output> {
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => task.run::<Autodiff<burn::backend::Cuda>>(Default::default()),
         #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => {
-            anyhow::bail!("backend.kind = \"cuda\" needs a build with `--features cuda`")
-        }
+        BackendKind::Cuda => anyhow::bail!(kind.not_compiled_in()),
     }
 }

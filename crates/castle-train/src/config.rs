@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use castle_data::overrides::apply_override;
 use castle_data::DataConfig;
 use castle_model::ModelConfig;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,11 @@ pub struct RunSection {
     pub dir: PathBuf,
     #[serde(default)]
     pub seed: u64,
+    /// Start from the weights of a safetensors export (`castle-eval --export`; the directory or
+    /// its `model.safetensors`) instead of a random initialisation; ignored when `dir` already
+    /// holds checkpoints (the run resumes from them). Set by `castle-train --init-from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +129,8 @@ impl Default for CheckpointConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// `backend.kind`; also the value of the binaries' `--backend` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// burn's `ndarray` CPU backend.
@@ -135,21 +142,51 @@ pub enum BackendKind {
     Cuda,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl BackendKind {
+    /// Whether this build can run the backend (CUDA needs `--features cuda`).
+    pub fn compiled_in(self) -> bool {
+        self != Self::Cuda || cfg!(feature = "cuda")
+    }
+
+    /// The error for a backend this build cannot run, naming the build that can.
+    pub fn not_compiled_in(self) -> String {
+        format!(
+            "backend.kind = \"{self}\" needs a build with `--features cuda` \
+             (cargo run --release --features cuda --bin ...); on CPU use \"flex\" or \"ndarray\""
+        )
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// `backend.dtype`: the floating-point type of parameters and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// The only one so far.
+    #[default]
+    F32,
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("f32")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub kind: BackendKind,
-    /// Floating-point type of parameters and activations; only `f32` for now.
-    pub dtype: String,
-}
-
-impl Default for BackendConfig {
-    fn default() -> Self {
-        Self {
-            kind: BackendKind::default(),
-            dtype: "f32".into(),
-        }
-    }
+    pub dtype: Dtype,
 }
 
 impl RunConfig {
@@ -246,42 +283,47 @@ impl RunConfig {
                 t.seq_len + 1
             );
         }
-        if self.backend.dtype != "f32" {
-            bail!(
-                "backend.dtype = \"{}\": only \"f32\" is supported",
-                self.backend.dtype
-            );
-        }
-        if self.backend.kind == BackendKind::Cuda && !cfg!(feature = "cuda") {
-            bail!("backend.kind = \"cuda\" needs a build with `--features cuda`; on CPU use \"ndarray\" or \"flex\"");
-        }
+        // A backend this build lacks is refused by `backend::dispatch`, not here, so that
+        // `--dry-run` inspects every config on any build.
         Ok(())
+    }
+
+    /// The first key a resume must keep that differs between `saved` (the checkpoint's config)
+    /// and `self`, as `(key, was, now)`: any `[model]` key, and the keys that fix the data order
+    /// and the step (`run.seed`, `train.seq_len`, `train.batch_size`, `train.tokens_per_step`).
+    /// Values are compared, not their printed forms.
+    pub fn resume_mismatch(&self, saved: &RunConfig) -> Option<(String, String, String)> {
+        let fixed = |c: &RunConfig| {
+            let mut keys: Vec<(String, toml::Value)> = toml::Table::try_from(&c.model)
+                .expect("a ModelConfig always serializes")
+                .into_iter()
+                .map(|(k, v)| (format!("model.{k}"), v))
+                .collect();
+            let number = |n: usize| toml::Value::Integer(n as i64);
+            keys.push(("run.seed".into(), toml::Value::Integer(c.run.seed as i64)));
+            keys.push(("train.seq_len".into(), number(c.train.seq_len)));
+            keys.push(("train.batch_size".into(), number(c.train.batch_size)));
+            keys.push(("train.tokens_per_step".into(), number(c.tokens_per_step())));
+            keys
+        };
+        let (was, now) = (fixed(saved), fixed(self));
+        let absent = || "absent".to_string();
+        let value_of = |keys: &[(String, toml::Value)], key: &str| {
+            keys.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        };
+        let mut names: Vec<&String> = was.iter().chain(&now).map(|(k, _)| k).collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().find_map(|key| {
+            let (a, b) = (value_of(&was, key), value_of(&now, key));
+            (a != b).then(|| {
+                let show = |v: Option<toml::Value>| v.map_or_else(absent, |v| v.to_string());
+                (key.clone(), show(a), show(b))
+            })
+        })
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a RunConfig always serializes")
     }
-}
-
-/// `key.path=value`: `value` is read as a TOML value (`3e-4`, `true`, `"x"`), or else as a string.
-fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let Some((path, raw)) = assignment.split_once('=') else {
-        bail!("--set {assignment}: expected key.path=value, e.g. --set train.lr=3e-4");
-    };
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let keys: Vec<&str> = path.trim().split('.').collect();
-    let (last, parents) = keys.split_last().expect("split yields at least one key");
-    let mut node = table;
-    for key in parents {
-        node = node
-            .entry(key.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .with_context(|| format!("--set {assignment}: {key} is not a table"))?;
-    }
-    node.insert(last.to_string(), value);
-    Ok(())
 }

@@ -3,10 +3,14 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
+pub mod distributed;
+pub mod init;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod step;
 pub mod summary;
 pub mod trainer;
 pub mod validation;

@@ -73,7 +73,7 @@ pub fn schedule_summary(config: &RunConfig) -> String {
     let t = &config.train;
     let total = (t.steps * config.tokens_per_step()) as f64;
     format!(
-        "schedule: {} steps x {} tokens ({} x {} x {} accumulation) = {} tokens\n  lr: warm-up {} steps to {:.2e}, cosine to {:.2e}; AdamW betas ({}, {}), weight decay {}, clip {}\n  validation every {} steps on {} tokens; checkpoint every {} steps, keep {} + best\n  backend: {:?} {}\n",
+        "schedule: {} steps x {} tokens ({} x {} x {} accumulation) = {} tokens\n  lr: warm-up {} steps to {:.2e}, cosine to {:.2e}; AdamW betas ({}, {}), weight decay {}, clip {}\n  validation every {} steps on {} tokens; checkpoint every {} steps, keep {} + best\n  backend: {} {}{}\n",
         t.steps,
         config.tokens_per_step(),
         t.batch_size,
@@ -93,5 +93,10 @@ pub fn schedule_summary(config: &RunConfig) -> String {
         config.checkpoint.keep_last,
         config.backend.kind,
         config.backend.dtype,
+        if config.backend.kind.compiled_in() {
+            String::new()
+        } else {
+            format!(" (not in this build: {})", config.backend.kind.not_compiled_in())
+        },
     )
 }

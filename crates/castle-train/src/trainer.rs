@@ -2,20 +2,17 @@
 //!
 //! Written on burn's optimizer API rather than burn-train's `Learner`, whose checkpointing does
 //! not carry the sampler position (needed for an exact resume) and whose metrics do not write
-//! `metrics.jsonl` as specified. The step is split so that a data-parallel version only has to
-//! all-reduce the `GradientsParams` of [`micro_batch_gradients`] (burn's `GradientsParams::all_reduce`)
-//! before the optimizer step.
+//! `metrics.jsonl` as specified. Each step is [`crate::step::train_step`]; the same loop
+//! ([`run_rank`]) runs on one device or as one rank of a data-parallel run
+//! ([`crate::distributed`]).
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::prelude::*;
 use castle_data::{validation_windows, BatchSampler, Prepared};
-use castle_model::lm::token_nll;
 use castle_model::CastleLm;
 use castle_model::TrainBackend;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,11 +20,13 @@ use tracing::{info, warn};
 
 use crate::backend::OnBackend;
 use crate::checkpoint::{self, write_atomic, TrainState, FORMAT_VERSION};
+use crate::collective::Peer;
 use crate::config::RunConfig;
 use crate::metrics::{metrics_path, summary_path, MetricsLog, StepMetrics, Summary};
 use crate::optim::AdamWGroups;
 use crate::schedule::learning_rate;
-use crate::validation::{inputs_and_targets, mean_loss};
+use crate::step::{train_step, TimeTotals};
+use crate::validation::mean_loss;
 
 /// Trains `config` on its backend (see [`crate::backend::dispatch`]).
 pub struct Train {
@@ -69,10 +68,30 @@ pub fn train<B: TrainBackend>(
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create run.dir {}", run_dir.display()))?;
     let data = prepare_data(config)?;
-    let vocab = data.tokenizer.vocab_size();
-    let (seq_len, batch) = (config.train.seq_len, config.train.batch_size);
-    let val_windows = validation_windows(&data.val, seq_len, config.eval.tokens);
-    if val_windows.is_empty() {
+    let start = start::<B>(config, &data, require_resume, device)?;
+    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    let summary = run_rank(config, &data, start, device, None)?;
+    Ok(summary.expect("rank 0 summarizes"))
+}
+
+/// Where a run starts: a fresh model, or the newest checkpoint that loads.
+pub struct Start<B: TrainBackend> {
+    pub model: CastleLm<B>,
+    pub optim: AdamWGroups<B>,
+    pub state: TrainState,
+    /// The checkpoint resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// The model, optimizer and state a run starts from on `device`.
+pub fn start<B: TrainBackend>(
+    config: &RunConfig,
+    data: &Prepared,
+    require_resume: bool,
+    device: &B::Device,
+) -> Result<Start<B>> {
+    let seq_len = config.train.seq_len;
+    if validation_windows(&data.val, seq_len, config.eval.tokens).is_empty() {
         bail!(
             "the validation split {} has {} tokens, fewer than one window of train.seq_len + 1 = {}",
             data.val.path().display(),
@@ -80,12 +99,15 @@ pub fn train<B: TrainBackend>(
             seq_len + 1
         );
     }
-
     B::seed(device, config.run.seed);
-    let mut model = config.model.init::<B>(vocab, device);
-    let mut optim = AdamWGroups::<B>::new(&config.train);
-    let mut sampler = BatchSampler::new(data.train.len(), seq_len, config.run.seed)?;
-    let mut state = TrainState {
+    let model = crate::init::initial_model::<B>(
+        config,
+        vocab_size(data),
+        &data.tokenizer.hash_hex(),
+        device,
+    )?;
+    let sampler = BatchSampler::new(data.train.len(), seq_len, config.run.seed)?;
+    let state = TrainState {
         format_version: FORMAT_VERSION,
         step: 0,
         tokens: 0,
@@ -96,43 +118,87 @@ pub fn train<B: TrainBackend>(
         parameters: model.num_params(),
         elapsed_s: 0.0,
     };
-    match resume::<B>(config, &data, device)? {
-        Some((m, o, s)) => {
-            (model, optim, state) = (m, o, s);
-            sampler = BatchSampler::from_state(data.train.len(), seq_len, state.sampler.clone())?;
-        }
+    match resume::<B>(config, data, device)? {
+        Some((model, optim, state, dir)) => Ok(Start {
+            model,
+            optim,
+            state,
+            resumed_from: Some(dir),
+        }),
         None if require_resume => bail!(
             "--resume: {} holds no checkpoint to resume from",
-            checkpoint::checkpoints_dir(run_dir).display()
+            checkpoint::checkpoints_dir(&config.run.dir).display()
         ),
-        None => {}
+        None => Ok(Start {
+            model,
+            optim: AdamWGroups::<B>::new(&config.train),
+            state,
+            resumed_from: None,
+        }),
     }
-    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-    let mut metrics = MetricsLog::open(&metrics_path(run_dir), state.step)?;
+}
+
+fn vocab_size(data: &Prepared) -> usize {
+    data.tokenizer.vocab_size()
+}
+
+/// The step loop of one rank from `start` to `train.steps`. Without `peer` the run is a
+/// single-device one; with it, this rank trains on its part of every global batch and the step
+/// all-reduces. Rank 0 alone validates (a full pass on its device), logs, checkpoints and
+/// summarizes; it returns the summary, other ranks `None`.
+pub(crate) fn run_rank<B: TrainBackend>(
+    config: &RunConfig,
+    data: &Prepared,
+    start: Start<B>,
+    device: &B::Device,
+    peer: Option<&Peer>,
+) -> Result<Option<Summary>> {
+    let Start {
+        mut model,
+        mut optim,
+        mut state,
+        ..
+    } = start;
+    let (rank, world) = peer.map_or((0, 1), |p| (p.rank, p.world));
+    let lead = rank == 0;
+    let run_dir = &config.run.dir;
+    let (seq_len, batch) = (config.train.seq_len, config.train.batch_size);
+    let val_windows = validation_windows(&data.val, seq_len, config.eval.tokens);
+    let mut sampler = BatchSampler::from_state(data.train.len(), seq_len, state.sampler.clone())?;
+    let mut metrics = match lead {
+        true => Some(MetricsLog::open(&metrics_path(run_dir), state.step)?),
+        false => None,
+    };
 
     let steps = config.train.steps;
     let accumulation = config.accumulation();
     let tokens_per_step = config.tokens_per_step() as u64;
-    let progress = progress_bar(steps, state.step);
+    let progress = match lead {
+        true => progress_bar(steps, state.step),
+        false => ProgressBar::hidden(),
+    };
     let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
     let (mut window_start, mut window_tokens) = (Instant::now(), 0u64);
     let mut last_val = state.val_loss;
+    let mut times = TimeTotals::default();
 
     for step in state.step + 1..=steps {
         let lr = learning_rate(&config.train, step);
-        let mut accumulator = GradientsAccumulator::<CastleLm<B>>::new();
-        let mut loss_sum = None;
-        for _ in 0..accumulation {
-            let tokens = sampler.next_batch(&data.train, batch);
-            let (loss, grads) = micro_batch_gradients(&model, &tokens, batch, accumulation, device);
-            loss_sum = Some(loss_sum.map_or(loss.clone(), |sum| sum + loss));
-            accumulator.accumulate(&model, grads);
-        }
-        // One read of the loss per step, after all micro-batches are queued.
-        let loss_sum = loss_sum.expect("at least one micro-batch");
-        let train_loss = loss_sum.into_scalar().elem::<f64>() / accumulation as f64;
-        let grad_norm;
-        (model, grad_norm) = optim.step(lr, model, accumulator.grads());
+        let micro_batches: Vec<Vec<u32>> = (0..accumulation)
+            .map(|_| sampler.next_batch_part(&data.train, batch, rank, world))
+            .collect();
+        let out;
+        (model, out) = train_step(
+            model,
+            &mut optim,
+            &micro_batches,
+            batch / world,
+            lr,
+            peer,
+            device,
+        )?;
+        let (train_loss, grad_norm) = (out.loss, out.grad_norm);
+        times.add(&out.times);
         if !train_loss.is_finite() || !grad_norm.is_finite() {
             progress.abandon();
             let last = checkpoint::list(run_dir)?.pop();
@@ -146,6 +212,9 @@ pub fn train<B: TrainBackend>(
         state.tokens += tokens_per_step;
         state.sampler = sampler.state();
         window_tokens += tokens_per_step;
+        let Some(metrics) = metrics.as_mut() else {
+            continue; // ranks other than 0 only train
+        };
 
         let is_last = step == steps;
         state.val_loss = None;
@@ -197,35 +266,26 @@ pub fn train<B: TrainBackend>(
         }
     }
     progress.finish_and_clear();
+    if let Some(peer) = peer {
+        crate::distributed::check_same_model(peer, &model, state.step, device)?;
+    }
+    if !lead {
+        return Ok(None);
+    }
+    info!("{}", times.report());
     let summary = summarize(
         config,
         &model,
         &state,
         started.elapsed().as_secs_f64(),
-        &data,
+        data,
         device,
     )?;
     write_atomic(
         &summary_path(run_dir),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
-    Ok(summary)
-}
-
-/// Mean loss of one micro-batch (detached, not yet read from the device) and its gradients,
-/// scaled by `1 / accumulation`.
-pub fn micro_batch_gradients<B: TrainBackend>(
-    model: &CastleLm<B>,
-    tokens: &[u32],
-    batch: usize,
-    accumulation: usize,
-    device: &B::Device,
-) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
-    let (inputs, targets) = inputs_and_targets::<B>(tokens, batch, device);
-    let loss = token_nll(model.forward(inputs), targets).mean();
-    let value = loss.clone().inner();
-    let grads = (loss / accumulation as f64).backward();
-    (value, GradientsParams::from_grads(grads, model))
+    Ok(Some(summary))
 }
 
 /// The newest checkpoint that loads, falling back to older ones with a warning.
@@ -234,16 +294,16 @@ fn resume<B: TrainBackend>(
     config: &RunConfig,
     data: &Prepared,
     device: &B::Device,
-) -> Result<Option<(CastleLm<B>, AdamWGroups<B>, TrainState)>> {
+) -> Result<Option<(CastleLm<B>, AdamWGroups<B>, TrainState, PathBuf)>> {
     let candidates = checkpoint::list(&config.run.dir)?;
     if candidates.is_empty() {
         return Ok(None);
     }
     for dir in candidates.iter().rev() {
         match load_for_resume::<B>(dir, config, data, device) {
-            Ok(loaded) => {
-                info!("resuming from {} (step {})", dir.display(), loaded.2.step);
-                return Ok(Some(loaded));
+            Ok((model, optim, state)) => {
+                info!("resuming from {} (step {})", dir.display(), state.step);
+                return Ok(Some((model, optim, state, dir.clone())));
             }
             Err(e) => warn!("{e:#}; falling back to the previous checkpoint"),
         }
@@ -264,36 +324,8 @@ fn load_for_resume<B: TrainBackend>(
 ) -> Result<(CastleLm<B>, AdamWGroups<B>, TrainState)> {
     let ckpt = checkpoint::read(dir)?;
     let saved = &ckpt.config;
-    for (key, was, now) in [
-        (
-            "[model]",
-            format!("{:?}", saved.model),
-            format!("{:?}", config.model),
-        ),
-        (
-            "run.seed",
-            saved.run.seed.to_string(),
-            config.run.seed.to_string(),
-        ),
-        (
-            "train.seq_len",
-            saved.train.seq_len.to_string(),
-            config.train.seq_len.to_string(),
-        ),
-        (
-            "train.batch_size",
-            saved.train.batch_size.to_string(),
-            config.train.batch_size.to_string(),
-        ),
-        (
-            "train.tokens_per_step",
-            saved.tokens_per_step().to_string(),
-            config.tokens_per_step().to_string(),
-        ),
-    ] {
-        if was != now {
-            bail!("{}: {key} was {was} when this run started, the config now says {now}; resume with the same value or pick a new run.dir", dir.display());
-        }
+    if let Some((key, was, now)) = config.resume_mismatch(saved) {
+        bail!("{}: {key} was {was} when this run started, the config now says {now}; resume with the same value or pick a new run.dir", dir.display());
     }
     if ckpt.state.tokenizer_sha256 != data.tokenizer.hash_hex() {
         bail!(

@@ -22,9 +22,8 @@ fn shipped_configs_are_valid() {
     }
     assert!(files.len() >= 14, "tiny, small and the 12 paper configs");
     for file in files {
-        // The paper configs name the CUDA backend; validate them as a CPU build would run them.
-        let cpu = ["backend.kind=\"ndarray\"".to_string()];
-        RunConfig::load(&file, &cpu).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+        // The paper configs name the CUDA backend: they load on any build (for --dry-run).
+        RunConfig::load(&file, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
     }
 }
 
@@ -67,8 +66,10 @@ fn each_bad_value_names_its_key() {
         (&["train.beta2=1.5"], "train.beta2 = 1.5"),
         (&["eval.tokens=10"], "eval.tokens = 10"),
         (&["data.vocab_size=100"], "data.vocab_size = 100"),
-        (&["backend.kind=\"cuda\""], "backend.kind = \"cuda\""),
-        (&["backend.dtype=\"f16\""], "backend.dtype"),
+        (
+            &["backend.dtype=\"f16\""],
+            "unknown variant `f16`, expected `f32`",
+        ),
         (&["train.lrr=1"], "unknown field `lrr`"),
         (&["backend.kind=\"tpu\""], "unknown variant `tpu`"),
         (&["checkpoint.keep_last=0"], "checkpoint.keep_last = 0"),
@@ -83,4 +84,58 @@ fn each_bad_value_names_its_key() {
 fn missing_config_file_is_named() {
     let err = RunConfig::load(Path::new("/nonexistent/x.toml"), &[]).unwrap_err();
     assert!(format!("{err:#}").contains("/nonexistent/x.toml"));
+}
+
+#[test]
+fn a_backend_missing_from_the_build_is_refused_when_run_not_when_loaded() {
+    use castle_train::backend::{dispatch, OnBackend};
+    use castle_train::config::BackendKind;
+    struct Nothing;
+    impl OnBackend for Nothing {
+        type Output = ();
+        fn run<B: castle_model::TrainBackend>(self, _: B::Device) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+    let c = RunConfig::load(&tiny(), &["backend.kind=\"cuda\"".into()]).unwrap();
+    assert_eq!(c.backend.kind, BackendKind::Cuda);
+    let result = dispatch(c.backend.kind, Nothing);
+    assert_eq!(result.is_ok(), cfg!(feature = "cuda"));
+    if let Err(e) = result {
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+    }
+    assert!(dispatch(BackendKind::Flex, Nothing).is_ok());
+}
+
+#[test]
+fn resume_names_the_first_fixed_key_that_changed_by_value() {
+    let load = |o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        RunConfig::load(&tiny(), &o).unwrap()
+    };
+    let saved = load(&[]);
+    assert_eq!(load(&[]).resume_mismatch(&saved), None);
+    // The learning rate and step count may change on resume.
+    assert_eq!(
+        load(&["train.lr=1e-4", "train.steps=99"]).resume_mismatch(&saved),
+        None
+    );
+    let heads = saved.model.heads;
+    assert_eq!(
+        load(&[&format!("model.heads={}", 2 * heads)]).resume_mismatch(&saved),
+        Some((
+            "model.heads".into(),
+            heads.to_string(),
+            (2 * heads).to_string()
+        ))
+    );
+    let (key, _, _) = load(&["run.seed=12345"]).resume_mismatch(&saved).unwrap();
+    assert_eq!(key, "run.seed");
+    let (key, was, now) = load(&["model.attention=\"baseline\""])
+        .resume_mismatch(&saved)
+        .unwrap();
+    assert_eq!(
+        (key.as_str(), was.as_str(), now.as_str()),
+        ("model.attention", "\"castle\"", "\"baseline\"")
+    );
 }
