@@ -232,8 +232,8 @@ struct SplitWriter<'a> {
 }
 
 impl<'a> SplitWriter<'a> {
-    /// Appends one document's ids and `<|endoftext|>`; returns the shard it closed, if any.
-    fn push(&mut self, ids: &[u32], eot: u32, doc: &Doc) -> Result<Option<ShardEntry>> {
+    /// Appends one document's ids (`<|endoftext|>` included); returns the shard it closed, if any.
+    fn push(&mut self, ids: &[u32], doc: &Doc) -> Result<Option<ShardEntry>> {
         if self.open.is_none() {
             let file = format!("{}-{:06}.bin", self.prefix, self.next);
             let writer = ShardWriter::create(&self.dir.join(&file), self.dtype, self.hash)?;
@@ -250,7 +250,6 @@ impl<'a> SplitWriter<'a> {
         }
         let (writer, entry) = self.open.as_mut().expect("opened above");
         writer.push(ids)?;
-        writer.push(&[eot])?;
         entry.documents += 1;
         entry.bytes += doc.text.len() as u64;
         entry.next_document = doc.index + 1;
@@ -300,10 +299,10 @@ fn tokenize_corpus(cfg: &DataConfig, dir: &Path, tok: &Tok, manifest: &mut Manif
         let written = (|| -> Result<()> {
             for chunk in receive {
                 let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
-                let ids = tok.encode_batch(&texts)?;
+                let ids = tok.encode_documents(&texts)?;
                 for (doc, ids) in chunk.iter().zip(&ids) {
                     let split = if doc.val { &mut val } else { &mut train };
-                    if let Some(entry) = split.push(ids, tok.eot_id(), doc)? {
+                    if let Some(entry) = split.push(ids, doc)? {
                         let stats = if doc.val {
                             &mut manifest.val
                         } else {

@@ -32,6 +32,17 @@ pub trait TokenSource {
     }
 }
 
+/// Tokens already in memory (e.g. documents `castle-eval` tokenized itself).
+impl TokenSource for [u32] {
+    fn len(&self) -> usize {
+        <[u32]>::len(self)
+    }
+
+    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+        out.extend_from_slice(&self[start..start + n]);
+    }
+}
+
 impl TokenSource for Shard {
     fn len(&self) -> usize {
         Shard::len(self)

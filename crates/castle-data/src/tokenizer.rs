@@ -124,13 +124,22 @@ impl Tok {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Encodes many texts in parallel on all cores.
-    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+    /// Each document's ids followed by `<|endoftext|>`, as shards hold documents (the one place
+    /// this rule lives: `prepare` and `castle-eval --data` both use it). Encodes in parallel on
+    /// all cores.
+    pub fn encode_documents(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         let encs = self
             .inner
             .encode_batch_fast(texts.to_vec(), false)
             .map_err(|e| anyhow!("encoding failed: {e}"))?;
-        Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encs
+            .into_iter()
+            .map(|e| {
+                let mut ids = e.get_ids().to_vec();
+                ids.push(self.eot);
+                ids
+            })
+            .collect())
     }
 
     /// Text of `ids`, special tokens included.

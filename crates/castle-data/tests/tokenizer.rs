@@ -25,13 +25,16 @@ fn encode_decode_round_trip() {
 }
 
 #[test]
-fn batch_encoding_matches_single() {
+fn document_encoding_is_each_text_then_eot() {
     let docs = common::documents(12);
     let tok = Tok::train(&docs, 300).unwrap();
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let batch = tok.encode_batch(&refs).unwrap();
+    let batch = tok.encode_documents(&refs).unwrap();
+    assert_eq!(batch.len(), docs.len());
     for (doc, ids) in docs.iter().zip(batch) {
-        assert_eq!(tok.encode(doc).unwrap(), ids);
+        let mut expected = tok.encode(doc).unwrap();
+        expected.push(tok.eot_id());
+        assert_eq!(ids, expected);
     }
 }
 

@@ -7,27 +7,12 @@ use anyhow::{bail, Context, Result};
 use castle_data::{read_documents, validation_windows, InputFormat, Tok};
 use castle_train::checkpoint::Checkpoint;
 
-/// Windows of `seq_len + 1` tokens at `0, seq_len, 2 seq_len, ...`, as many as fit while the
-/// predicted tokens stay within `max_tokens`: [`castle_data::validation_windows`] on a slice.
-pub fn windows(tokens: &[u32], seq_len: usize, max_tokens: usize) -> Vec<Vec<u32>> {
-    if seq_len == 0 || tokens.len() < seq_len + 1 {
-        return vec![];
-    }
-    let count = ((tokens.len() - 1) / seq_len).min(max_tokens / seq_len);
-    (0..count)
-        .map(|i| tokens[i * seq_len..i * seq_len + seq_len + 1].to_vec())
-        .collect()
-}
-
 /// Each document's tokens followed by `<|endoftext|>`, as the data pipeline writes shards.
 pub fn document_tokens(tok: &Tok, docs: &[String]) -> Result<Vec<u32>> {
     let mut tokens = vec![];
     for chunk in docs.chunks(256) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        for ids in tok.encode_batch(&texts)? {
-            tokens.extend(ids);
-            tokens.push(tok.eot_id());
-        }
+        tokens.extend(tok.encode_documents(&texts)?.concat());
     }
     Ok(tokens)
 }
@@ -93,7 +78,7 @@ pub fn load_windows(
                 path.display()
             );
             (
-                windows(&tokens, seq_len, max_tokens.unwrap_or(usize::MAX)),
+                validation_windows(tokens.as_slice(), seq_len, max_tokens.unwrap_or(usize::MAX)),
                 path.display().to_string(),
             )
         }
