@@ -3,9 +3,12 @@
 
 Splits the State of the Union addresses (data/sotu, from scripts/fetch_sotu.sh) into
 sentences, and writes documents of 10-60 shuffled sentences as JSON Lines (gzip, level 1)
-until the uncompressed text reaches the requested size. Seeded: the same file every time.
+until the uncompressed text reaches the requested size; or, when OUT ends in .parquet, the same
+documents as Parquet (a `text` column, snappy, row groups of 10,000 documents; needs pyarrow).
+Seeded: the same documents every time.
 
     python3 scripts/make_bench_corpus.py OUT.jsonl.gz SIZE_MB [--seed N]
+    python3 scripts/make_bench_corpus.py OUT.parquet SIZE_MB [--seed N]
 """
 import argparse
 import glob
@@ -30,12 +33,33 @@ def main():
     rng = random.Random(args.seed)
     target = int(args.size_mb * 1e6)
     written = docs = 0
-    with gzip.open(args.out, "wt", encoding="utf-8", compresslevel=1) as out:
+
+    def documents():
+        nonlocal written, docs
         while written < target:
             text = " ".join(rng.choice(sentences) for _ in range(rng.randint(10, 60)))
-            out.write(json.dumps({"id": docs, "text": text}) + "\n")
             written += len(text.encode("utf-8"))
             docs += 1
+            yield text
+
+    if args.out.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("text", pa.string())])
+        with pq.ParquetWriter(args.out, schema, compression="snappy") as out:
+            batch = []
+            for text in documents():
+                batch.append(text)
+                if len(batch) == 10_000:
+                    out.write_table(pa.table({"text": batch}, schema=schema))
+                    batch = []
+            if batch:
+                out.write_table(pa.table({"text": batch}, schema=schema))
+    else:
+        with gzip.open(args.out, "wt", encoding="utf-8", compresslevel=1) as out:
+            for text in documents():
+                out.write(json.dumps({"id": docs - 1, "text": text}) + "\n")
     print(f"{args.out}: {docs} documents, {written / 1e6:.1f} MB of text")
 
 
