@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
+use castle_data::manifest::MANIFEST_FILE;
 use castle_data::{validation_windows, BatchSampler, Prepared};
 use castle_model::CastleLm;
 use castle_model::TrainBackend;
@@ -54,6 +55,20 @@ pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
             .context("cannot run `bash scripts/fetch_sotu.sh` (run castle-train from the repository root)")?;
         if !status.success() {
             bail!("scripts/fetch_sotu.sh failed ({status}); see its message above");
+        }
+    }
+    // A run with checkpoints never rebuilds the data they were trained on: prepared data made
+    // with other [data] settings is an error here, not overwritten (a missing or unfinished
+    // folder is still prepared or finished, which loses nothing).
+    let dir = data.out_dir();
+    if !checkpoint::list(&config.run.dir)?.is_empty() && dir.join(MANIFEST_FILE).exists() {
+        let manifest = castle_data::Manifest::load(&dir)?;
+        if !manifest.same_settings(data) {
+            bail!(
+                "{}: this run's checkpoints were trained on data prepared with other [data] settings \
+                 than the config's; resume with the same [data], or set data.dir to another folder",
+                dir.join(MANIFEST_FILE).display()
+            );
         }
     }
     castle_data::prepare(data)

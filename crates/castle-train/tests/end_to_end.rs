@@ -170,6 +170,28 @@ fn checkpoint_from_another_tokenizer_is_refused() {
 }
 
 #[test]
+fn resume_never_rebuilds_the_prepared_data_under_its_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(tmp.path(), 30);
+    let data = tmp.path().join("shared-data");
+    let args = with(
+        tiny_args(tmp.path(), "run"),
+        &[&format!("data.dir=\"{}\"", data.display())],
+    );
+    assert_success(&castle_train(&args));
+    let manifest = std::fs::read(data.join("prepared.json")).unwrap();
+    let out = castle_train(&with(args, &["data.val_every=3"]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("other [data] settings"), "{stderr}");
+    assert_eq!(
+        std::fs::read(data.join("prepared.json")).unwrap(),
+        manifest,
+        "the prepared data is untouched"
+    );
+}
+
+#[test]
 fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     write_corpus(tmp.path(), 30);
