@@ -163,6 +163,7 @@ impl RopeRows {
 
 impl HostOp<1> for RopeRows {
     type Saved<E: Elem> = ();
+    const BACKWARD_READS_INPUTS: bool = false;
 
     fn forward<E: Elem>(&self, [x]: [&[E]; 1]) -> (Vec<E>, ()) {
         (self.rotate(x, 1.0), ())

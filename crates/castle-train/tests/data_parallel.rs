@@ -16,7 +16,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use castle_train::checkpoint;
 use castle_train::metrics::{read_metrics, StepMetrics};
-use common::{castle_train, tiny_args, with, write_corpus};
+use common::{castle_train, kill_after_logged_steps, tiny_args, with, write_corpus};
 
 type B = Autodiff<Flex>;
 
@@ -192,18 +192,7 @@ fn two_rank_run_killed_by_sigkill_resumes_exactly() {
         &["--devices".into(), "2".into()],
     );
     let interrupted = tmp.path().join("interrupted");
-    let mut child = spawn(&args);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while read_metrics(&interrupted.join("metrics.jsonl")).map_or(0, |m| m.len()) < 7 {
-        assert!(Instant::now() < deadline, "the run never reached step 7");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(
-        !interrupted.join("summary.json").exists(),
-        "killed before the end"
-    );
+    kill_after_logged_steps(spawn(&args), &interrupted, 7);
     assert_success(&castle_train(&args));
     assert_same_curve(
         &metrics(&tmp.path().join("straight")),

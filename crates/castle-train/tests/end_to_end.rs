@@ -5,11 +5,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use castle_train::checkpoint;
 use castle_train::metrics::{read_metrics, StepMetrics};
-use common::{castle_train, tiny_args, with, write_corpus};
+use common::{castle_train, kill_after_logged_steps, tiny_args, with, write_corpus};
 
 fn metrics(run: &Path) -> Vec<StepMetrics> {
     read_metrics(&run.join("metrics.jsonl")).unwrap()
@@ -79,29 +78,13 @@ fn resume_after_sigkill_reproduces_the_uninterrupted_run() {
 
     // Kill a second run at an arbitrary moment after step 7, then run the same command again.
     let interrupted = tmp.path().join("interrupted");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_castle-train"))
+    let child = Command::new(env!("CARGO_BIN_EXE_castle-train"))
         .args(tiny_args(tmp.path(), "interrupted"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let logged = read_metrics(&interrupted.join("metrics.jsonl"))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if logged >= 7 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run never reached step 7");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(
-        !interrupted.join("summary.json").exists(),
-        "killed before the end"
-    );
+    kill_after_logged_steps(child, &interrupted, 7);
     assert_success(&castle_train(&tiny_args(tmp.path(), "interrupted")));
 
     let a = metrics(&tmp.path().join("straight"));

@@ -27,6 +27,10 @@ pub trait HostOp<const N: usize>: Send + Sync + Debug + 'static {
     /// What the forward pass keeps for the backward pass.
     type Saved<E: Elem>: Send + Sync + Debug;
 
+    /// Whether [`HostOp::backward`] reads the inputs; when not, the autodiff node does not keep
+    /// host copies of them (empty slices are passed instead).
+    const BACKWARD_READS_INPUTS: bool = true;
+
     fn forward<E: Elem>(&self, x: [&[E]; N]) -> (Vec<E>, Self::Saved<E>);
 
     /// Gradients of the `N` inputs (each as long as its input) given `d_out`.
@@ -100,7 +104,13 @@ where
     let backward =
         <OpBackward<K, E> as Backward<B, N>>::prepare::<C>(OpBackward(PhantomData), nodes);
     let out = match backward.compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(Arc::new(OpState { op, inputs, saved }), out),
+        OpsKind::Tracked(prep) => {
+            let inputs = match K::BACKWARD_READS_INPUTS {
+                true => inputs,
+                false => std::array::from_fn(|_| Vec::new()),
+            };
+            prep.finish(Arc::new(OpState { op, inputs, saved }), out)
+        }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))

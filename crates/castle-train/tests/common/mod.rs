@@ -4,7 +4,8 @@
 mod corpus;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 pub use corpus::write_corpus;
 
@@ -37,4 +38,26 @@ pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
         args.push(e.to_string());
     }
     args
+}
+
+/// Waits until the run in `run_dir` has logged `steps` lines of `metrics.jsonl`, then SIGKILLs
+/// `child`, and checks that it did not finish.
+pub fn kill_after_logged_steps(mut child: Child, run_dir: &Path, steps: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let logged = || {
+        castle_train::metrics::read_metrics(&run_dir.join("metrics.jsonl")).map_or(0, |m| m.len())
+    };
+    while logged() < steps {
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached step {steps}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !run_dir.join("summary.json").exists(),
+        "killed before the end"
+    );
 }
