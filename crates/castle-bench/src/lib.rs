@@ -203,7 +203,11 @@ type FlexB = Flex;
 pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     let start = Instant::now();
     let mut report = Report::default();
-    if let Some(b) = opts.backends.iter().find(|b| **b == BackendKind::Cuda) {
+    if let Some(b) = opts
+        .backends
+        .iter()
+        .find(|b| matches!(b, BackendKind::Cuda | BackendKind::Wgpu))
+    {
         anyhow::bail!("--backends {b}: castle-bench runs the CPU backends, flex and ndarray");
     }
     for &backend in &opts.backends {
@@ -211,7 +215,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> 
         let rate = match backend {
             BackendKind::Ndarray => stats::matmul_rate::<NdArrayB>(opts.matmul_size, opts.reps),
             BackendKind::Flex => stats::matmul_rate::<FlexB>(opts.matmul_size, opts.reps),
-            BackendKind::Cuda => unreachable!("refused above"),
+            BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
         };
         report.matmul_gflops.push((backend, rate));
     }
@@ -221,7 +225,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> 
             report.attention.extend(match backend {
                 BackendKind::Ndarray => attention::table::<Autodiff<NdArrayB>>(backend, opts, log),
                 BackendKind::Flex => attention::table::<Autodiff<FlexB>>(backend, opts, log),
-                BackendKind::Cuda => unreachable!("refused above"),
+                BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
             });
         }
     }
@@ -231,7 +235,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> 
             report.train.extend(match backend {
                 BackendKind::Ndarray => train::table::<Autodiff<NdArrayB>>(backend, opts, log),
                 BackendKind::Flex => train::table::<Autodiff<FlexB>>(backend, opts, log),
-                BackendKind::Cuda => unreachable!("refused above"),
+                BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
             });
         }
     }
@@ -241,7 +245,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> 
             report.decode = match backend {
                 BackendKind::Ndarray => decode::table::<NdArrayB>(backend, opts, log),
                 BackendKind::Flex => decode::table::<FlexB>(backend, opts, log),
-                BackendKind::Cuda => unreachable!("refused above"),
+                BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
             };
         }
     }

@@ -13,5 +13,5 @@ pub mod safetensors;
 
 pub use attention::{AttentionCache, AttentionPath};
 pub use config::{AttentionKind, ConfigError, ModelConfig, ParamSummary};
-pub use kernels::{AttentionBackend, TrainBackend};
+pub use kernels::{AttentionBackend, DeviceAttention, TrainBackend};
 pub use lm::{CastleLm, LmCache};

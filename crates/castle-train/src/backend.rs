@@ -12,13 +12,42 @@ pub trait OnBackend {
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
+/// Runs `task` on `kind`. The GPU backends are burn's `CubeBackend` without the `Fusion` wrapper
+/// of burn's `Cuda`/`Wgpu` aliases, so that the attentions run castle's CubeCL kernels.
 pub fn dispatch<T: OnBackend>(kind: BackendKind, task: T) -> Result<T::Output> {
     match kind {
         BackendKind::Ndarray => task.run::<Autodiff<NdArray<f32>>>(Default::default()),
         BackendKind::Flex => task.run::<Autodiff<Flex>>(Default::default()),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => task.run::<Autodiff<burn::backend::Cuda>>(Default::default()),
-        #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => anyhow::bail!(kind.not_compiled_in()),
+        BackendKind::Cuda => {
+            task.run::<Autodiff<castle_model::kernels::cube::Cuda>>(Default::default())
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            wgpu_adapter()?;
+            task.run::<Autodiff<castle_model::kernels::cube::Wgpu>>(Default::default())
+        }
+        #[allow(unreachable_patterns)]
+        _ => anyhow::bail!(kind.not_compiled_in()),
+    }
+}
+
+/// Checks that wgpu finds a GPU adapter (a Vulkan driver on Linux), which it otherwise reports
+/// by panicking deep inside its first operation.
+#[cfg(feature = "wgpu")]
+fn wgpu_adapter() -> Result<()> {
+    use burn::prelude::{Backend, Tensor};
+    type B = castle_model::kernels::cube::Wgpu;
+    let probe = std::panic::catch_unwind(|| {
+        let x = Tensor::<B, 1>::zeros([1], &Default::default());
+        B::sync(&x.device()).map(|_| ())
+    });
+    match probe {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!("backend.kind = \"wgpu\": the GPU failed: {e:?}"),
+        Err(_) => anyhow::bail!(
+            "backend.kind = \"wgpu\": wgpu found no GPU adapter; on Linux install a Vulkan driver \
+             (`bash scripts/setup-vulkan.sh` installs Mesa's lavapipe, a software Vulkan GPU)"
+        ),
     }
 }

@@ -140,19 +140,25 @@ pub enum BackendKind {
     Flex,
     /// burn's CUDA backend (build with `--features cuda`).
     Cuda,
+    /// burn's wgpu backend: Vulkan, Metal, DirectX 12 (build with `--features wgpu`).
+    Wgpu,
 }
 
 impl BackendKind {
-    /// Whether this build can run the backend (CUDA needs `--features cuda`).
+    /// Whether this build can run the backend (CUDA and wgpu need their cargo feature).
     pub fn compiled_in(self) -> bool {
-        self != Self::Cuda || cfg!(feature = "cuda")
+        match self {
+            Self::Ndarray | Self::Flex => true,
+            Self::Cuda => cfg!(feature = "cuda"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+        }
     }
 
     /// The error for a backend this build cannot run, naming the build that can.
     pub fn not_compiled_in(self) -> String {
         format!(
-            "backend.kind = \"{self}\" needs a build with `--features cuda` \
-             (cargo run --release --features cuda --bin ...); on CPU use \"flex\" or \"ndarray\""
+            "backend.kind = \"{self}\" needs a build with `--features {self}` \
+             (cargo run --release --features {self} --bin ...); on CPU use \"flex\" or \"ndarray\""
         )
     }
 }
@@ -163,6 +169,7 @@ impl std::fmt::Display for BackendKind {
             Self::Ndarray => "ndarray",
             Self::Flex => "flex",
             Self::Cuda => "cuda",
+            Self::Wgpu => "wgpu",
         })
     }
 }

@@ -4,9 +4,11 @@
 //! inputs are read to host memory (`O(L d)` per head, small next to the `O(L^2 d)` work), and
 //! the output is written back. Under `Autodiff` the kernels' own backward pass is registered as
 //! one node of burn's graph (burn's backend-extension mechanism), with the host inputs and what
-//! the kernel's forward pass keeps ([`HostKernel::Saved`]) as its state. GPU backends run the burn
-//! tensor-op forms (`lookahead_scores_chunked`, `causal_attention`). The same trait runs the
-//! fused row-wise ops of [`super::host_op`] (RMSNorm, SwiGLU, cross-entropy) on CPU.
+//! the kernel's forward pass keeps ([`HostKernel::Saved`]) as its state. CubeCL backends (wgpu,
+//! CUDA) run device kernels ([`super::device`], `kernels::cube`) where they have one, and the
+//! burn tensor-op forms (`lookahead_scores_chunked`, `causal_attention`) otherwise. The same
+//! trait runs the fused row-wise ops of [`super::host_op`] (RMSNorm, SwiGLU, cross-entropy) on
+//! CPU.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Element, TensorPrimitive};
 
+use super::device::{tracked_device, DeviceAttention, DeviceForward};
 use super::host_op::{host_op_forward, tracked_op, HostOp};
 use super::{Castle, Causal, Elem, HeadsShape, HostKernel};
 use crate::attention::baseline::causal_attention;
@@ -30,15 +34,23 @@ pub trait AttentionBackend: Backend {
     /// Whether the attentions run the fused host kernels (`true`) or burn tensor ops.
     const HOST_KERNELS: bool;
 
+    /// Whether `attention` runs as this backend's device kernel ([`Self::device_forward`]).
+    fn has_device_kernel(_attention: DeviceAttention) -> bool {
+        false
+    }
+
     /// CASTLE attention output `[batch, heads, len, d]` (eq. 3-8, eq. 9 with a window).
     fn castle_attention(
         h: &CastleHeads<Self>,
         window: Option<usize>,
         block: usize,
     ) -> Tensor<Self, 4> {
+        let inputs = || [&h.qu, &h.ku, &h.vu, &h.qc, &h.kc, &h.vc, &h.qc_nope].map(|t| t.clone());
+        let on_device = DeviceAttention::Castle { window };
         if Self::HOST_KERNELS {
-            let inputs = [&h.qu, &h.ku, &h.vu, &h.qc, &h.kc, &h.vc, &h.qc_nope].map(|t| t.clone());
-            Self::host_kernel(Castle { window, block }, inputs)
+            Self::host_kernel(Castle { window, block }, inputs())
+        } else if Self::has_device_kernel(on_device) {
+            Self::device_kernel(on_device, inputs())
         } else {
             attend(h, lookahead_scores_chunked(h, window, block))
         }
@@ -53,9 +65,41 @@ pub trait AttentionBackend: Backend {
     ) -> Tensor<Self, 4> {
         if Self::HOST_KERNELS {
             Self::host_kernel(Causal { block }, [q, k, v])
+        } else if Self::has_device_kernel(DeviceAttention::Causal) {
+            Self::device_kernel(DeviceAttention::Causal, [q, k, v])
         } else {
             causal_attention(q, k, v)
         }
+    }
+
+    /// Runs the device kernel `attention` on `inputs` (`[batch, heads, len, d]` each).
+    fn device_kernel<const N: usize>(
+        attention: DeviceAttention,
+        inputs: [Tensor<Self, 4>; N],
+    ) -> Tensor<Self, 4> {
+        let inputs = inputs.into_iter().map(|x| x.into_primitive().tensor());
+        let (out, _) = Self::device_forward(attention, inputs.collect());
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    /// Forward pass of a device kernel: the output and what its backward pass keeps. Only
+    /// called when [`Self::has_device_kernel`] says so.
+    fn device_forward(
+        attention: DeviceAttention,
+        _inputs: Vec<FloatTensor<Self>>,
+    ) -> DeviceForward<Self> {
+        panic!("{attention:?} has no device kernel on this backend")
+    }
+
+    /// Gradients of a device kernel's inputs given `d_out = dLoss/d(output)`.
+    fn device_backward(
+        attention: DeviceAttention,
+        _inputs: Vec<FloatTensor<Self>>,
+        _out: FloatTensor<Self>,
+        _saved: Vec<FloatTensor<Self>>,
+        _d_out: FloatTensor<Self>,
+    ) -> Vec<FloatTensor<Self>> {
+        panic!("{attention:?} has no device kernel on this backend")
     }
 
     /// Runs `kernel` on host copies of `inputs` (`[batch, heads, len, d]` each).
@@ -95,19 +139,26 @@ impl AttentionBackend for Flex {
     const HOST_KERNELS: bool = true;
 }
 
-#[cfg(feature = "cuda")]
-impl AttentionBackend for burn::backend::Cuda {
-    const HOST_KERNELS: bool = false;
-}
-
 /// A backend to train on: differentiable, and its inner (validation) backend is one too.
 pub trait TrainBackend: AutodiffBackend<InnerBackend: AttentionBackend> + AttentionBackend {}
 
 impl<B: AutodiffBackend<InnerBackend: AttentionBackend> + AttentionBackend> TrainBackend for B {}
 
-/// Under autodiff a host kernel is one node of the graph, whose backward pass is the kernel's.
+/// Under autodiff a host or device kernel is one node of the graph, whose backward pass is the
+/// kernel's.
 impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B, C> {
     const HOST_KERNELS: bool = B::HOST_KERNELS;
+
+    fn has_device_kernel(attention: DeviceAttention) -> bool {
+        B::has_device_kernel(attention)
+    }
+
+    fn device_kernel<const N: usize>(
+        attention: DeviceAttention,
+        inputs: [Tensor<Self, 4>; N],
+    ) -> Tensor<Self, 4> {
+        tracked_device::<B, C, N>(attention, inputs)
+    }
 
     fn host_kernel<K: HostKernel<N>, const N: usize>(
         kernel: K,

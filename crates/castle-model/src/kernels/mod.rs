@@ -11,6 +11,8 @@
 //! - [`lookahead`]: CASTLE's lookahead scores `S_U` by the exact chunked form.
 //! - [`backend`]: the [`AttentionBackend`] trait that puts them behind burn tensors, with their
 //!   own backward pass registered in burn's autodiff graph.
+//! - [`device`]: the same registration for device kernels; `cube` (features `wgpu`, `cuda`)
+//!   holds the CubeCL ones, FlashAttention-style, for burn's `CubeBackend` on any runtime.
 //!
 //! - [`host_op`]: the same for the row-wise ops around attention ([`rmsnorm`], [`swiglu`],
 //!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain.
@@ -24,6 +26,9 @@ pub mod backend;
 mod blocks;
 pub mod causal_softmax;
 pub mod cross_entropy;
+#[cfg(feature = "cube")]
+pub mod cube;
+pub mod device;
 pub mod gemm;
 pub mod host_op;
 pub mod lookahead;
@@ -31,6 +36,7 @@ pub mod rmsnorm;
 pub mod swiglu;
 
 pub use backend::{AttentionBackend, TrainBackend};
+pub use device::DeviceAttention;
 pub use gemm::Elem;
 
 use std::fmt::Debug;
