@@ -24,6 +24,8 @@ pub mod backend;
 mod blocks;
 pub mod causal_softmax;
 pub mod cross_entropy;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 pub mod gemm;
 pub mod host_op;
 pub mod lookahead;
