@@ -1,6 +1,6 @@
 //! Training on wgpu (lavapipe in CI) through the `castle-train` binary: from the same checkpoint,
-//! the baseline (whose attention runs the CubeCL kernel) and CASTLE (the tensor-op chunked form
-//! on GPU) take the same steps on wgpu as on the CPU's `flex`, to float tolerance.
+//! the baseline and CASTLE (each attention running its CubeCL kernel) take the same steps on
+//! wgpu as on the CPU's `flex`, to float tolerance.
 #![cfg(feature = "wgpu")]
 
 mod common;

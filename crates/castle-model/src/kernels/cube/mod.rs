@@ -3,14 +3,16 @@
 //! pass that recomputes the probabilities from `O(L d)` saved row statistics.
 //!
 //! - [`causal`]: the baseline's causal softmax attention, forward and backward.
+//! - [`castle`]: CASTLE attention (lookahead keys), forward and backward, saving the row
+//!   statistics and the final lookahead keys `U` (`O(L d)` per head).
 //!
 //! The tile is chosen from the head dimension (`tile::Tiling`), not from `model.block_size`,
 //! which sizes the CPU kernels' blocks; results do not depend on either.
 //!
-//! CASTLE runs burn's tensor-op chunked form on these backends until its kernel lands. The
-//! row-wise ops (RMSNorm, SwiGLU, cross-entropy) keep their tensor-op forms on GPU
+//! The row-wise ops (RMSNorm, SwiGLU, cross-entropy) keep their tensor-op forms on GPU
 //! (`HOST_KERNELS = false`).
 
+pub mod castle;
 pub mod causal;
 mod causal_grad;
 mod tile;
@@ -35,21 +37,25 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionB
 {
     const HOST_KERNELS: bool = false;
 
-    fn has_device_kernel(attention: DeviceAttention) -> bool {
-        // CASTLE: the tensor-op chunked form until its CubeCL kernel lands.
-        attention == DeviceAttention::Causal
+    fn has_device_kernel(_attention: DeviceAttention) -> bool {
+        true
     }
 
     fn device_forward(
         attention: DeviceAttention,
         inputs: Vec<FloatTensor<Self>>,
     ) -> DeviceForward<Self> {
-        match (attention, <[_; 3]>::try_from(inputs)) {
-            (DeviceAttention::Causal, Ok([q, k, v])) => {
+        match attention {
+            DeviceAttention::Causal => {
+                let [q, k, v] = exactly(inputs, "causal attention inputs");
                 let (out, lse) = causal::forward(q, k, v);
                 (out, vec![lse])
             }
-            (attention, _) => panic!("no device kernel for {attention:?} with these inputs"),
+            DeviceAttention::Castle { window } => {
+                let x = exactly(inputs, "CASTLE attention inputs");
+                let (out, saved) = castle::forward::<R, F>(x, window);
+                (out, saved.into())
+            }
         }
     }
 
@@ -60,15 +66,24 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionB
         saved: Vec<FloatTensor<Self>>,
         d_out: FloatTensor<Self>,
     ) -> Vec<FloatTensor<Self>> {
-        match (
-            attention,
-            <[_; 3]>::try_from(inputs),
-            <[_; 1]>::try_from(saved),
-        ) {
-            (DeviceAttention::Causal, Ok([q, k, v]), Ok([lse])) => {
+        match attention {
+            DeviceAttention::Causal => {
+                let [q, k, v] = exactly(inputs, "causal attention inputs");
+                let [lse] = exactly(saved, "causal attention saved state");
                 causal::backward(q, k, v, out, lse, d_out).into()
             }
-            (attention, _, _) => panic!("no device kernel for {attention:?} with these inputs"),
+            DeviceAttention::Castle { window } => {
+                let x = exactly(inputs, "CASTLE attention inputs");
+                let saved = exactly(saved, "CASTLE attention saved state");
+                castle::backward::<R, F>(x, window, out, saved, d_out).into()
+            }
         }
     }
+}
+
+/// `v` as an array of exactly `N` tensors (the hook passes each kernel its own inputs).
+fn exactly<T, const N: usize>(v: Vec<T>, what: &str) -> [T; N] {
+    let len = v.len();
+    v.try_into()
+        .unwrap_or_else(|_| panic!("{what}: expected {N} tensors, got {len}"))
 }

@@ -1,0 +1,159 @@
+//! The `#[cube]` pieces both kernels share: the elementwise functions of eq. 3-8, the masks,
+//! and the per-thread rows of the `sig`, `A` tiles and of `S_U` (module doc of `castle`).
+
+use cubecl::prelude::*;
+
+/// Barrier for the cube's shared memory and for its writes to global memory (`U`, `D`).
+#[cube]
+pub(super) fn sync_all() {
+    sync_storage();
+    sync_cube();
+}
+
+/// `1 / (1 + e^-x)`, taking `exp` of non-positive arguments only.
+#[cube]
+pub(super) fn sigmoid(x: f32) -> f32 {
+    let e = f32::exp(-f32::abs(x));
+    let mut y = 1.0 / (1.0 + e);
+    if x < 0.0 {
+        y = e / (1.0 + e);
+    }
+    y
+}
+
+/// `SiLU(x) = x sigmoid(x)` (eq. 7).
+#[cube]
+pub(super) fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+/// `SiLU'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))`.
+#[cube]
+pub(super) fn silu_grad(x: f32) -> f32 {
+    let sg = sigmoid(x);
+    sg * (1.0 + x * (1.0 - sg))
+}
+
+/// `a[a0..a0 + d] . b[b0..b0 + d]` in f32.
+#[cube]
+pub(super) fn dot<A: Float, B: Float>(
+    a: &Tensor<A>,
+    a0: usize,
+    b: &Tensor<B>,
+    b0: usize,
+    d: usize,
+) -> f32 {
+    let mut acc = 0.0f32;
+    for k in 0..d {
+        acc += f32::cast_from(a[a0 + k]) * f32::cast_from(b[b0 + k]);
+    }
+    acc
+}
+
+/// `Mu[i,j]`: `j` is in the lookahead of `i`, `i < j (<= i + W under SWL)` (eq. 3-4, 9).
+#[cube]
+pub(super) fn lookahead_mask(i: usize, j: usize, w: usize, #[comptime] windowed: bool) -> bool {
+    let mut keep = i < j;
+    if windowed {
+        keep = keep && j <= i + w;
+    }
+    keep
+}
+
+/// Can owner tile `jt` have lookahead positions in tile `it` (`Mu` not all zero)?
+#[cube]
+pub(super) fn in_band(
+    jt: usize,
+    it: usize,
+    w: usize,
+    #[comptime] tile: usize,
+    #[comptime] windowed: bool,
+) -> bool {
+    let mut band = true;
+    if windowed {
+        band = it * tile <= jt * tile + tile - 1 + w;
+    }
+    band
+}
+
+/// `sig[r, c] = sigmoid(s qU_i . kU_j) Mu[i,j]` for this thread's owner `i = jt T + r` and the
+/// positions `j = it T + c < L`; all zero outside the band.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sig_row<F: Float>(
+    qu: &Tensor<F>,
+    ku: &Tensor<F>,
+    sig: &mut SharedMemory<f32>,
+    head: usize,
+    jt: usize,
+    it: usize,
+    len: usize,
+    dim: usize,
+    w: usize,
+    scale: f32,
+    #[comptime] tile: usize,
+    #[comptime] windowed: bool,
+) {
+    let r = UNIT_POS_X as usize;
+    let i = jt * tile + r;
+    let band = in_band(jt, it, w, tile, windowed);
+    for c in 0..tile {
+        let j = it * tile + c;
+        let mut val = 0.0f32;
+        if band && j < len && lookahead_mask(i, j, w, windowed) {
+            val = sigmoid(scale * dot(qu, head + i * dim, ku, head + j * dim, dim));
+        }
+        sig[r * tile + c] = val;
+    }
+}
+
+/// `A[t, c] = s qC_t . vU_j` for this thread's query `t = it T + r` and `j = it T + c <= t`,
+/// zero elsewhere (the diagonal correction of spec section 3).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn diagonal_row<F: Float>(
+    qc_nope: &Tensor<F>,
+    vu: &Tensor<F>,
+    a: &mut SharedMemory<f32>,
+    head: usize,
+    it: usize,
+    len: usize,
+    dim: usize,
+    scale: f32,
+    #[comptime] tile: usize,
+) {
+    let r = UNIT_POS_X as usize;
+    let t = it * tile + r;
+    for c in 0..tile {
+        let mut val = 0.0f32;
+        if t < len && c <= r {
+            let j = it * tile + c;
+            val = scale * dot(qc_nope, head + t * dim, vu, head + j * dim, dim);
+        }
+        a[r * tile + c] = val;
+    }
+}
+
+/// `S_U[t, i]` for query `t = it T + r` and owner `i = jt T + c` from the keys `U` as tile `it`
+/// sees them and the current `A`, `sig` tiles (eq. 5-6).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lookahead_score<F: Float>(
+    qc_nope: &Tensor<F>,
+    u: &Tensor<f32>,
+    a: &SharedMemory<f32>,
+    sig: &SharedMemory<f32>,
+    row: usize,
+    key: usize,
+    c: usize,
+    dim: usize,
+    scale: f32,
+    #[comptime] tile: usize,
+) -> f32 {
+    let r = UNIT_POS_X as usize;
+    let mut su = scale * dot(qc_nope, row, u, key, dim);
+    for c2 in 0..r + 1 {
+        su += a[r * tile + c2] * sig[c * tile + c2];
+    }
+    su
+}

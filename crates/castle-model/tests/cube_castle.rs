@@ -1,0 +1,198 @@
+//! The CubeCL CASTLE kernel (`kernels::cube::castle`) on burn's wgpu backend (lavapipe in CI):
+//! output and all seven gradients against the CPU kernel `Castle` at awkward sizes, causality
+//! of the forward pass, and the `O(L d)` size of what it saves.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::wgpu::{Wgpu, WgpuRuntime};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use castle_model::kernels::cube::castle::{self, TILE};
+use castle_model::kernels::{Castle, HeadsShape, HostKernel};
+use common::{random_vec, rng, RawHeads};
+
+type Cube = burn_cubecl::tensor::CubeTensor<WgpuRuntime>;
+
+fn to_cube(v: &[f64], shape: [usize; 4]) -> Cube {
+    let data = TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape);
+    Tensor::<Wgpu, 4>::from_data(data, &Default::default())
+        .into_primitive()
+        .tensor()
+}
+
+fn from_cube<const D: usize>(t: Cube) -> Vec<f32> {
+    Tensor::<Wgpu, D>::from_primitive(TensorPrimitive::Float(t))
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// `v` (`[b, h, L, d]`) stored as `[b, L, h, d]` and viewed through swapped dims, as the model's
+/// heads are: a strided, non-contiguous tensor.
+fn to_cube_strided(v: &[f64], [b, h, l, d]: [usize; 4]) -> Cube {
+    let mut stored = vec![0.0f32; v.len()];
+    for (e, &x) in v.iter().enumerate() {
+        let (bi, hi, ti, k) = (e / (h * l * d), e / (l * d) % h, e / d % l, e % d);
+        stored[((bi * l + ti) * h + hi) * d + k] = x as f32;
+    }
+    let data = TensorData::new(stored, [b, l, h, d]);
+    Tensor::<Wgpu, 4>::from_data(data, &Default::default())
+        .swap_dims(1, 2)
+        .into_primitive()
+        .tensor()
+}
+
+fn inputs(x: &RawHeads) -> [Cube; 7] {
+    [&x.qu, &x.ku, &x.vu, &x.qc, &x.kc, &x.vc, &x.qc_nope].map(|v| to_cube(v, x.shape))
+}
+
+fn as_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// `|a - b| / max(|b|, 1e-3 sqrt(n))` (Euclidean norms): relative, except for gradients that are
+/// zero but for rounding (e.g. `dqc` at one token, where the softmax is constant).
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let sq = |x: f64| x * x;
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| sq(x as f64 - y as f64))
+        .sum();
+    let norm: f64 = b.iter().map(|&y| sq(y as f64)).sum();
+    (diff / norm.max(1e-6 * b.len() as f64)).sqrt()
+}
+
+#[test]
+fn output_and_gradients_match_the_cpu_kernel() {
+    const NAMES: [&str; 7] = ["qu", "ku", "vu", "qc", "kc", "vc", "qc_nope"];
+    let mut seed = 100;
+    for (batch, heads, l, d) in [(1, 2, 1, 8), (2, 3, 5, 8), (1, 2, 17, 32), (2, 2, 40, 8)] {
+        for window in [None, Some(3), Some(10)] {
+            seed += 1;
+            let x = RawHeads::random([batch, heads, l, d], seed);
+            let d_out = random_vec(&mut rng(seed + 1000), x.qu.len(), 1.0);
+            let host = [&x.qu, &x.ku, &x.vu, &x.qc, &x.kc, &x.vc, &x.qc_nope].map(|v| as_f32(v));
+            let cpu = Castle { window, block: 4 };
+            let shape = HeadsShape {
+                heads: batch * heads,
+                len: l,
+                d,
+            };
+            let (want_out, saved) = cpu.forward(host.each_ref().map(|v| v.as_slice()), shape);
+            let want_grads = cpu.backward(
+                host.each_ref().map(|v| v.as_slice()),
+                shape,
+                &saved,
+                &as_f32(&d_out),
+            );
+
+            let case = format!("batch={batch} heads={heads} L={l} d={d} window={window:?}");
+            let (out, saved) = castle::forward::<WgpuRuntime, f32>(inputs(&x), window);
+            let err = relative_error(&from_cube::<4>(out.clone()), &want_out);
+            assert!(err < 1e-4, "{case}: output relative error {err:e}");
+            let grads = castle::backward::<WgpuRuntime, f32>(
+                inputs(&x),
+                window,
+                out,
+                saved,
+                to_cube(&d_out, x.shape),
+            );
+            for ((name, got), want) in NAMES.iter().zip(grads).zip(&want_grads) {
+                let err = relative_error(&from_cube::<4>(got), want);
+                assert!(err < 1e-4, "{case}: d{name} relative error {err:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_is_causal_bitwise() {
+    let (l, d) = (2 * TILE + 3, 8);
+    for window in [None, Some(3)] {
+        let x = RawHeads::random([1, 2, l, d], 7);
+        let (out, _) = castle::forward::<WgpuRuntime, f32>(inputs(&x), window);
+        let base = from_cube::<4>(out);
+        for t in [0, TILE - 1, TILE, l - 2] {
+            // Perturb every input at every position after t.
+            let mut moved = x.clone();
+            for field in moved.fields_mut() {
+                for (e, v) in field.iter_mut().enumerate() {
+                    if (e / d) % l > t {
+                        *v += 0.5;
+                    }
+                }
+            }
+            let (out, _) = castle::forward::<WgpuRuntime, f32>(inputs(&moved), window);
+            let got = from_cube::<4>(out);
+            for (e, (a, b)) in got.iter().zip(&base).enumerate() {
+                let pos = (e / d) % l;
+                if pos <= t {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "window={window:?} t={t}: row {pos} changed"
+                    );
+                } else if pos == t + 1 && e % d == 0 {
+                    assert_ne!(
+                        a, b,
+                        "window={window:?} t={t}: the perturbation reached no row"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
+    use burn::tensor::TensorMetadata;
+    let x = RawHeads::random([2, 3, 21, 8], 3);
+    let window = Some(5);
+    let (out, saved) = castle::forward::<WgpuRuntime, f32>(inputs(&x), window);
+    assert_eq!(out.shape().dims::<4>(), [2, 3, 21, 8]);
+    assert_eq!(saved[0].shape().dims::<3>(), [2, 3, 21], "lse");
+    assert_eq!(saved[1].shape().dims::<4>(), [2, 3, 21, 8], "u_final");
+    let values = |[lse, u]: [Cube; 2]| (from_cube::<3>(lse), from_cube::<4>(u));
+    let before = values(saved.clone());
+    // The last position's lookahead key is empty (spec section 1: u_t^t = 0).
+    for bh in 0..6 {
+        let last = (bh * 21 + 20) * 8;
+        assert!(before.1[last..last + 8].iter().all(|&v| v == 0.0));
+    }
+    let d_out = to_cube(&random_vec(&mut rng(4), x.qu.len(), 1.0), x.shape);
+    let backward = || {
+        castle::backward::<WgpuRuntime, f32>(
+            inputs(&x),
+            window,
+            out.clone(),
+            saved.clone(),
+            d_out.clone(),
+        )
+        .map(from_cube::<4>)
+    };
+    let first = backward();
+    assert!(
+        values(saved.clone()) == before,
+        "the backward pass changed the saved state"
+    );
+    assert_eq!(backward(), first, "a second backward pass differs");
+}
+
+#[test]
+fn strided_inputs_give_the_same_results() {
+    let x = RawHeads::random([2, 3, 19, 8], 5);
+    let strided = || {
+        [&x.qu, &x.ku, &x.vu, &x.qc, &x.kc, &x.vc, &x.qc_nope].map(|v| to_cube_strided(v, x.shape))
+    };
+    assert!(!strided()[0].is_contiguous());
+    let d_out = random_vec(&mut rng(6), x.qu.len(), 1.0);
+    let run = |x: [Cube; 7], d_out: Cube| {
+        let (out, saved) = castle::forward::<WgpuRuntime, f32>(x.clone(), Some(3));
+        let grads = castle::backward::<WgpuRuntime, f32>(x, Some(3), out.clone(), saved, d_out);
+        (from_cube::<4>(out), grads.map(from_cube::<4>))
+    };
+    let want = run(inputs(&x), to_cube(&d_out, x.shape));
+    assert!(run(strided(), to_cube_strided(&d_out, x.shape)) == want);
+}
