@@ -6,6 +6,7 @@ use burn::prelude::*;
 use crate::kernels::rmsnorm::RmsNormRows;
 use crate::kernels::swiglu::SwiGluGate;
 use crate::kernels::AttentionBackend;
+use crate::precision::{project, to_dtype};
 
 /// A bias-free linear layer with the GPT-2 initialisation N(0, std).
 pub fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
@@ -35,7 +36,8 @@ impl<B: Backend> RmsNorm<B> {
     /// The tensor-op form: the reference, and what GPU backends run.
     pub fn forward_reference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        x / rms * self.gamma.val().unsqueeze()
+        let gamma = to_dtype(self.gamma.val(), x.dtype());
+        x / rms * gamma.unsqueeze()
     }
 }
 
@@ -73,8 +75,8 @@ impl<B: Backend> SwiGlu<B> {
 
     /// The tensor-op form: the reference, and what GPU backends run.
     pub fn forward_reference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down
-            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        let h = silu(project(&self.gate, x.clone())) * project(&self.up, x);
+        project(&self.down, h)
     }
 }
 
@@ -84,11 +86,11 @@ impl<B: AttentionBackend> SwiGlu<B> {
         if !B::HOST_KERNELS {
             return self.forward_reference(x);
         }
-        let g = self.gate.forward(x.clone());
+        let g = project(&self.gate, x.clone());
         let dims = g.dims();
-        let u = self.up.forward(x);
+        let u = project(&self.up, x);
         let h = B::host_op(SwiGluGate, [g.reshape([-1]), u.reshape([-1])]);
-        self.down.forward(h.reshape(dims))
+        project(&self.down, h.reshape(dims))
     }
 }
 

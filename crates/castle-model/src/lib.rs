@@ -8,6 +8,8 @@ pub mod config;
 pub mod kernels;
 pub mod layers;
 pub mod lm;
+pub mod memory;
+pub mod precision;
 pub mod rope;
 pub mod safetensors;
 

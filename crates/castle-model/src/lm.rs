@@ -5,12 +5,14 @@
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::DType;
 
 use crate::attention::{AttentionCache, AttentionPath, CastleAttention, CausalSelfAttention};
 use crate::config::{AttentionKind, ModelConfig};
 use crate::kernels::cross_entropy::CrossEntropyRows;
 use crate::kernels::AttentionBackend;
 use crate::layers::{linear, RmsNorm, SwiGlu};
+use crate::precision::{project, to_dtype};
 use crate::rope::{Rope, RopeTables};
 
 const NORM_EPS: f64 = 1e-5;
@@ -41,6 +43,9 @@ pub struct CastleLm<B: Backend> {
     /// RoPE's cos/sin tables of every position, computed once.
     #[module(skip)]
     pub rope: Rope,
+    /// The float type of the forward pass (`crate::precision`); `None`: the parameters' own.
+    #[module(skip)]
+    pub compute_dtype: Option<DType>,
 }
 
 /// Decoding state: one cache per layer and the number of positions seen.
@@ -100,6 +105,7 @@ impl ModelConfig {
             lm_head: (!self.tie_embeddings).then(|| linear(d_model, vocab_size, 0.02, device)),
             config: self.clone(),
             rope: Rope::new(self.max_seq_len, self.head_dim, self.rope_theta),
+            compute_dtype: None,
         }
     }
 }
@@ -124,7 +130,7 @@ impl<B: AttentionBackend> CastleLm<B> {
     pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, path: AttentionPath) -> Tensor<B, 3> {
         let len = tokens.dims()[1];
         let rope = self.rope(0, len, &tokens.device());
-        let mut x = self.embed.forward(tokens);
+        let mut x = self.embed_tokens(tokens);
         for block in &self.blocks {
             let h = block.attn_norm.forward(x.clone());
             let a = match &block.attn {
@@ -141,7 +147,7 @@ impl<B: AttentionBackend> CastleLm<B> {
         let len = tokens.dims()[1];
         let rope = self.rope(0, len, &tokens.device());
         let path = self.training_path();
-        let mut x = self.embed.forward(tokens);
+        let mut x = self.embed_tokens(tokens);
         let mut layers = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let h = block.attn_norm.forward(x.clone());
@@ -164,7 +170,7 @@ impl<B: AttentionBackend> CastleLm<B> {
     /// Logits `[batch, 1, vocab]` for one new token `[batch, 1]` after the cached positions.
     pub fn decode(&self, token: Tensor<B, 2, Int>, cache: &mut LmCache<B>) -> Tensor<B, 3> {
         let rope = self.rope(cache.len, 1, &token.device());
-        let mut x = self.embed.forward(token);
+        let mut x = self.embed_tokens(token);
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let h = block.attn_norm.forward(x.clone());
             let a = match (&block.attn, layer_cache) {
@@ -182,12 +188,28 @@ impl<B: AttentionBackend> CastleLm<B> {
         self.rope.tables(start, len, device)
     }
 
+    /// Token embeddings in the compute type.
+    fn embed_tokens(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.embed.forward(tokens);
+        match self.compute_dtype {
+            Some(dtype) => to_dtype(x, dtype),
+            None => x,
+        }
+    }
+
+    /// Logits in the parameters' type (f32 under bf16 compute, for the loss).
     fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.norm.forward(x);
-        match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.embed.weight.val().transpose().unsqueeze()),
-        }
+        let weight = self.embed.weight.val();
+        let dtype = weight.dtype();
+        let logits = match &self.lm_head {
+            Some(head) => project(head, x),
+            None => {
+                let w = to_dtype(weight, x.dtype());
+                x.matmul(w.transpose().unsqueeze())
+            }
+        };
+        to_dtype(logits, dtype)
     }
 }
 

@@ -11,6 +11,7 @@
 //! rotation is one fused parallel pass each way ([`RopeRows`]); elsewhere it is burn tensor ops on
 //! tables uploaded once per window.
 
+use crate::precision::to_dtype;
 use std::sync::{Arc, OnceLock};
 
 use burn::prelude::*;
@@ -99,7 +100,7 @@ impl<B: AttentionBackend> RopeTables<B> {
     /// [`RopeTables::apply`] in burn tensor ops: the reference, and what GPU backends run.
     pub fn apply_reference(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, l, d] = x.dims();
-        let half = d / 2;
+        let (half, dtype) = (d / 2, x.dtype());
         let [cos, sin] = self
             .uploaded
             .get_or_init(|| {
@@ -111,7 +112,7 @@ impl<B: AttentionBackend> RopeTables<B> {
                 })
             })
             .clone()
-            .map(|t| t.unsqueeze::<4>());
+            .map(|t| to_dtype(t, dtype).unsqueeze::<4>());
         let x1 = x.clone().slice([0..b, 0..h, 0..l, 0..half]);
         let x2 = x.slice([0..b, 0..h, 0..l, half..d]);
         Tensor::cat(

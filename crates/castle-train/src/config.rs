@@ -174,18 +174,63 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
-/// `backend.dtype`: the floating-point type of parameters and activations.
+/// `backend.dtype`: the floating-point type of the forward and backward pass. Parameters, their
+/// gradients and AdamW's moments are f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// The only one so far.
     #[default]
     F32,
+    /// Mixed precision (`castle_model::precision`): bf16 activations and weight copies, softmax
+    /// statistics, lookahead prefix sums and the loss in f32.
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element of the activations.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
+
+    /// The model's compute type (`CastleLm::compute_dtype`); `None` computes in f32.
+    pub fn compute_dtype(self) -> Option<burn::tensor::DType> {
+        match self {
+            Self::F32 => None,
+            Self::Bf16 => Some(burn::tensor::DType::BF16),
+        }
+    }
 }
 
 impl std::fmt::Display for Dtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("f32")
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// `backend.checkpointing`: burn's activation checkpointing strategy for the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// `NoCheckpointing`: every op keeps what its backward pass reads.
+    #[default]
+    None,
+    /// `BalancedCheckpointing`: elementwise outputs are recomputed in the backward pass. Pays on
+    /// the GPU backends; on the CPU backends it costs memory (README, "Training memory").
+    Balanced,
+}
+
+impl std::fmt::Display for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Balanced => "balanced",
+        })
     }
 }
 
@@ -194,6 +239,11 @@ impl std::fmt::Display for Dtype {
 pub struct BackendConfig {
     pub kind: BackendKind,
     pub dtype: Dtype,
+    pub checkpointing: Checkpointing,
+    /// Device memory in GiB that `--dry-run` fits the micro-batch to; default
+    /// [`crate::memory::default_memory_gib`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_gib: Option<f64>,
 }
 
 impl RunConfig {
@@ -289,6 +339,11 @@ impl RunConfig {
                 self.eval.tokens,
                 t.seq_len + 1
             );
+        }
+        if let Some(gib) = self.backend.memory_gib {
+            if !(gib.is_finite() && gib > 0.0) {
+                bail!("backend.memory_gib = {gib}: must be a positive number of GiB (e.g. 80 for an 80 GB GPU)");
+            }
         }
         // A backend this build lacks is refused by `backend::dispatch`, not here, so that
         // `--dry-run` inspects every config on any build.

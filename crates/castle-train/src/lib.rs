@@ -7,6 +7,7 @@ pub mod collective;
 pub mod config;
 pub mod distributed;
 pub mod init;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

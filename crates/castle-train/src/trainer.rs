@@ -174,6 +174,7 @@ pub(crate) fn run_rank<B: TrainBackend>(
         mut state,
         ..
     } = start;
+    model.compute_dtype = config.backend.dtype.compute_dtype();
     let (rank, world) = peer.map_or((0, 1), |p| (p.rank, p.world));
     let lead = rank == 0;
     let run_dir = &config.run.dir;

@@ -68,11 +68,20 @@ fn each_bad_value_names_its_key() {
         (&["data.vocab_size=100"], "data.vocab_size = 100"),
         (
             &["backend.dtype=\"f16\""],
-            "unknown variant `f16`, expected `f32`",
+            "unknown variant `f16`, expected `f32` or `bf16`",
         ),
         (&["train.lrr=1"], "unknown field `lrr`"),
         (&["backend.kind=\"tpu\""], "unknown variant `tpu`"),
         (&["checkpoint.keep_last=0"], "checkpoint.keep_last = 0"),
+        (
+            &["backend.checkpointing=\"full\""],
+            "unknown variant `full`, expected `none` or `balanced`",
+        ),
+        (
+            &["backend.memory_gib=0"],
+            "backend.memory_gib = 0: must be a positive",
+        ),
+        (&["backend.memory_gib=-2.5"], "backend.memory_gib = -2.5"),
     ];
     for (overrides, expected) in cases {
         let err = error_for(overrides);
@@ -118,6 +127,34 @@ fn a_backend_missing_from_the_build_is_refused_when_run_not_when_loaded() {
 }
 
 #[test]
+fn backend_checkpointing_picks_burns_strategy() {
+    use castle_train::backend::{dispatch_training, OnBackend};
+    struct Name;
+    impl OnBackend for Name {
+        type Output = &'static str;
+        fn run<B: castle_model::TrainBackend>(self, _: B::Device) -> anyhow::Result<&'static str> {
+            Ok(std::any::type_name::<B>())
+        }
+    }
+    for (kind, inner) in [("flex", "Flex"), ("ndarray", "NdArray")] {
+        for setting in ["none", "balanced"] {
+            let overrides = [
+                format!("backend.kind=\"{kind}\""),
+                format!("backend.checkpointing=\"{setting}\""),
+            ];
+            let c = RunConfig::load(&tiny(), &overrides).unwrap();
+            let name = dispatch_training(&c.backend, Name).unwrap();
+            // `type_name` leaves out the default `NoCheckpointing`.
+            let balanced = name.contains("BalancedCheckpointing");
+            assert!(
+                name.contains(inner) && balanced == (setting == "balanced"),
+                "{setting}: {name}"
+            );
+        }
+    }
+}
+
+#[test]
 fn resume_names_the_first_fixed_key_that_changed_by_value() {
     let load = |o: &[&str]| {
         let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
@@ -125,9 +162,18 @@ fn resume_names_the_first_fixed_key_that_changed_by_value() {
     };
     let saved = load(&[]);
     assert_eq!(load(&[]).resume_mismatch(&saved), None);
-    // The learning rate and step count may change on resume.
+    // The learning rate and step count may change on resume, and so may the checkpointing
+    // strategy (the same maths, tests/checkpointing.rs) and the memory the dry run fits to.
     assert_eq!(
         load(&["train.lr=1e-4", "train.steps=99"]).resume_mismatch(&saved),
+        None
+    );
+    assert_eq!(
+        load(&[
+            "backend.checkpointing=\"balanced\"",
+            "backend.memory_gib=40"
+        ])
+        .resume_mismatch(&saved),
         None
     );
     let heads = saved.model.heads;

@@ -7,82 +7,13 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::prelude::*;
 use castle_train::checkpoint;
-use castle_train::metrics::{read_metrics, StepMetrics};
+use castle_train::metrics::read_metrics;
+use common::runs::{assert_same_curve, assert_same_params, assert_success, copy_dir, metrics};
 use common::{castle_train, kill_after_logged_steps, tiny_args, with, write_corpus};
-
-type B = Autodiff<Flex>;
-
-fn metrics(run: &Path) -> Vec<StepMetrics> {
-    read_metrics(&run.join("metrics.jsonl")).unwrap()
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "castle-train failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Every logged step of `b` matches `a`'s: train loss to 1e-5 relative, validation alike.
-fn assert_same_curve(a: &[StepMetrics], b: &[StepMetrics]) {
-    assert_eq!(a.len(), b.len(), "logged steps");
-    assert!(a.len() >= 10);
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!((x.step, x.tokens), (y.step, y.tokens));
-        let rel = (x.train_loss - y.train_loss).abs() / x.train_loss.abs();
-        assert!(
-            rel < 1e-5,
-            "step {}: train_loss {} vs {}",
-            x.step,
-            x.train_loss,
-            y.train_loss
-        );
-        assert_eq!(x.val_loss.is_some(), y.val_loss.is_some());
-        if let (Some(u), Some(v)) = (x.val_loss, y.val_loss) {
-            assert!((u - v).abs() / u < 1e-5, "step {} val: {u} vs {v}", x.step);
-        }
-    }
-}
-
-/// Every parameter of the last checkpoint, flattened, in the model's order.
-fn final_params(run: &Path) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0
-                .extend(param.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let ckpt = checkpoint::read(checkpoint::list(run).unwrap().last().unwrap()).unwrap();
-    let vocab = ckpt.tokenizer().unwrap().vocab_size();
-    let model = ckpt.load_model::<B>(vocab, &Default::default()).unwrap();
-    let mut collect = Collect(vec![]);
-    model.visit(&mut collect);
-    collect.0
-}
-
-fn assert_same_params(a: &Path, b: &Path) {
-    let (x, y) = (final_params(a), final_params(b));
-    assert_eq!(x.len(), y.len());
-    let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = x
-        .iter()
-        .zip(&y)
-        .fold(0f32, |m, (u, v)| m.max((u - v).abs()));
-    assert!(
-        worst <= 1e-5 * scale,
-        "largest parameter difference {worst} (scale {scale})"
-    );
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -221,14 +152,6 @@ fn single_device_checkpoint_resumes_on_two_ranks_on_the_same_curve() {
     assert_eq!(metrics(&moved)[6].step, 7, "steps 7.. trained on two ranks");
     assert_same_curve(&metrics(&single), &metrics(&moved));
     assert_same_params(&single, &moved);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-    }
 }
 
 #[test]

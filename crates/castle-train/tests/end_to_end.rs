@@ -217,3 +217,50 @@ fn dry_run_prints_the_paper_parameter_count() {
         );
     }
 }
+
+#[test]
+fn dry_run_prints_training_memory_and_the_largest_micro_batch_that_fits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper");
+    let path = root.join("xl-castle.toml");
+    let sets = [
+        "backend.memory_gib=141",
+        "backend.checkpointing=\"balanced\"",
+    ];
+    let mut args = vec![
+        "--config".into(),
+        path.display().to_string(),
+        "--dry-run".into(),
+    ];
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let out = castle_train(&args);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let config = castle_train::RunConfig::load(&path, &overrides).unwrap();
+    let plan = castle_train::memory::memory_plan(&config, config.data.vocab_size);
+    let model = &config.model;
+    let total = model.training_memory(&plan).total() as f64 / (1u64 << 30) as f64;
+    let budget = 141 * (1u64 << 30);
+    let largest = [false, true].map(|checkpointing| {
+        model.largest_micro_batch(
+            &castle_model::memory::MemoryPlan {
+                checkpointing,
+                ..plan
+            },
+            budget,
+        )
+    });
+    for expected in [
+        "memory per device (cuda f32, attention in tensor ops, several L x L per head, checkpointing balanced), micro-batch 16 x 2048:".to_string(),
+        format!("  total {total:.2} GiB"),
+        format!(
+            "largest micro-batch that fits 141 GiB (backend.memory_gib): {} with checkpointing none, {} with checkpointing balanced",
+            largest[0], largest[1]
+        ),
+        "with O(L d) device attention kernels instead:".to_string(),
+    ] {
+        assert!(stdout.contains(&expected), "{expected}\n{stdout}");
+    }
+}

@@ -9,6 +9,7 @@ use super::lookahead::scale;
 use super::{merge_heads, split_heads, AttentionPath};
 use crate::kernels::AttentionBackend;
 use crate::layers::linear;
+use crate::precision::{project, to_dtype, widen};
 use crate::rope::RopeTables;
 
 #[derive(Module, Debug)]
@@ -56,7 +57,7 @@ impl<B: Backend> CausalSelfAttention<B> {
 
 impl<B: AttentionBackend> CausalSelfAttention<B> {
     fn project(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> [Tensor<B, 4>; 3] {
-        let [q, k, v] = <[_; 3]>::try_from(split_heads(self.qkv.forward(x), 3, self.n_heads))
+        let [q, k, v] = <[_; 3]>::try_from(split_heads(project(&self.qkv, x), 3, self.n_heads))
             .expect("three projections");
         [rope.apply(q), rope.apply(k), v]
     }
@@ -69,7 +70,7 @@ impl<B: AttentionBackend> CausalSelfAttention<B> {
         path: AttentionPath,
     ) -> Tensor<B, 3> {
         let [q, k, v] = self.project(x, rope);
-        self.out.forward(merge_heads(attend(q, k, v, path)))
+        project(&self.out, merge_heads(attend(q, k, v, path)))
     }
 
     /// Forward over a prompt that also returns the cache for decoding after it.
@@ -85,7 +86,7 @@ impl<B: AttentionBackend> CausalSelfAttention<B> {
             k: CacheRows::new(k),
             v: CacheRows::new(v),
         };
-        (self.out.forward(merge_heads(out)), cache)
+        (project(&self.out, merge_heads(out)), cache)
     }
 
     /// One new token, `x: [batch, 1, d_model]`; `rope` covers position `cache.len()`.
@@ -100,7 +101,7 @@ impl<B: AttentionBackend> CausalSelfAttention<B> {
         cache.v.push(v);
         let d = q.dims()[3];
         let p = softmax(q.matmul(cache.k.rows().swap_dims(2, 3)) * scale(d), 3);
-        self.out.forward(merge_heads(p.matmul(cache.v.rows())))
+        project(&self.out, merge_heads(p.matmul(cache.v.rows())))
     }
 }
 
@@ -116,14 +117,20 @@ fn attend<B: AttentionBackend>(
     }
 }
 
-/// `softmax(s Q K^T + causal mask) V` in burn tensor ops: the reference.
+/// `softmax(s Q K^T + causal mask) V` in burn tensor ops: the reference. Computed in at least
+/// f32, returned in `q`'s type.
 pub fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
+    let dtype = q.dtype();
+    let [q, k, v] = [q, k, v].map(widen);
     let [_, _, l, d] = q.dims();
     let causal = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &q.device()).unsqueeze::<4>();
     let scores = q.matmul(k.swap_dims(2, 3)) * scale(d);
-    softmax(scores.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(v)
+    to_dtype(
+        softmax(scores.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(v),
+        dtype,
+    )
 }

@@ -9,6 +9,7 @@ use super::lookahead::{
 use super::{merge_heads, split_heads, AttentionPath};
 use crate::kernels::AttentionBackend;
 use crate::layers::linear;
+use crate::precision::project;
 use crate::rope::RopeTables;
 
 #[derive(Module, Debug)]
@@ -46,7 +47,7 @@ impl<B: AttentionBackend> CastleAttention<B> {
     /// The per-head projections of `x: [batch, len, d_model]`, RoPE applied as `crate::rope` says.
     pub fn heads(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> CastleHeads<B> {
         let [qu, ku, vu, qc, kc, vc] =
-            <[_; 6]>::try_from(split_heads(self.in_proj.forward(x), 6, self.n_heads))
+            <[_; 6]>::try_from(split_heads(project(&self.in_proj, x), 6, self.n_heads))
                 .expect("six projections");
         CastleHeads {
             qu: rope.apply(qu),
@@ -91,7 +92,7 @@ impl<B: AttentionBackend> CastleAttention<B> {
             }
             AttentionPath::Kernel { block } => B::castle_attention(h, self.window, block),
         };
-        self.out.forward(merge_heads(o))
+        project(&self.out, merge_heads(o))
     }
 
     /// One new token, `x: [batch, 1, d_model]`; `rope` covers position `cache.len()`.
@@ -102,6 +103,6 @@ impl<B: AttentionBackend> CastleAttention<B> {
         cache: &mut UqKvCache<B>,
     ) -> Tensor<B, 3> {
         let h = self.heads(x, rope);
-        self.out.forward(merge_heads(cache.step(&h, self.window)))
+        project(&self.out, merge_heads(cache.step(&h, self.window)))
     }
 }

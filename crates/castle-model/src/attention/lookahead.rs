@@ -13,6 +13,7 @@ use burn::tensor::activation::softmax;
 
 use super::cache::CacheRows;
 use crate::layers::{sigmoid, silu};
+use crate::precision::{to_dtype, widen};
 
 /// The seven per-head projections one CASTLE layer feeds into attention, `[batch, heads, len, d]`.
 /// `qu`, `ku`, `qc`, `kc` carry RoPE; `qc_nope` is `qc` before RoPE, the query that scores the
@@ -26,6 +27,23 @@ pub struct CastleHeads<B: Backend> {
     pub kc: Tensor<B, 4>,
     pub vc: Tensor<B, 4>,
     pub qc_nope: Tensor<B, 4>,
+}
+
+impl<B: Backend> CastleHeads<B> {
+    /// The heads in at least f32 ([`widen`]): the tensor-op forms below accumulate softmax
+    /// statistics and the lookahead prefix sums in f32 under bf16 compute.
+    pub fn widened(&self) -> Self {
+        let w = |x: &Tensor<B, 4>| widen(x.clone());
+        Self {
+            qu: w(&self.qu),
+            ku: w(&self.ku),
+            vu: w(&self.vu),
+            qc: w(&self.qc),
+            kc: w(&self.kc),
+            vc: w(&self.vc),
+            qc_nope: w(&self.qc_nope),
+        }
+    }
 }
 
 /// `s = 1 / sqrt(d)`.
@@ -73,10 +91,12 @@ fn pad_to<B: Backend>(x: &Tensor<B, 4>, padded_len: usize) -> Tensor<B, 4> {
 }
 
 /// Theorem 1: `S_U = ((s Qc Vu^T) (.) Mc) (sigmoid(s Qu Ku^T) (.) Mu)^T`. O(L^3) time, the reference.
+/// In at least f32.
 pub fn lookahead_scores_naive<B: Backend>(
     h: &CastleHeads<B>,
     window: Option<usize>,
 ) -> Tensor<B, 4> {
+    let h = &h.widened();
     let [_, _, l, d] = h.qu.dims();
     let s = scale(d);
     let device = h.qu.device();
@@ -98,11 +118,13 @@ pub fn lookahead_scores_naive<B: Backend>(
 /// With a window only `K - J <= ceil(W/B)` can be non-zero, so `sig` and `G` are computed for
 /// that band alone; past it `C[J,I]` is the whole band's sum and the diagonal term vanishes.
 /// A length that is not a multiple of `block` is zero-padded (zero `Vu` rows add nothing).
+/// In at least f32.
 pub fn lookahead_scores_chunked<B: Backend>(
     h: &CastleHeads<B>,
     window: Option<usize>,
     block: usize,
 ) -> Tensor<B, 4> {
+    let h = &h.widened();
     let [b, nh, l, d] = h.qu.dims();
     let s = scale(d);
     let device = h.qu.device();
@@ -169,12 +191,16 @@ pub fn lookahead_scores_chunked<B: Backend>(
     Tensor::cat(columns, 3).slice([0..b, 0..nh, 0..l, 0..l])
 }
 
-/// Eq. 5-8: `softmax_i( s qC_t . kC_i - SiLU(S_U[t,i]) ) vC`, causal over `i <= t`.
+/// Eq. 5-8: `softmax_i( s qC_t . kC_i - SiLU(S_U[t,i]) ) vC`, causal over `i <= t`; computed in
+/// at least f32, returned in the heads' type.
 pub fn attend<B: Backend>(h: &CastleHeads<B>, lookahead_scores: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dtype = h.qc.dtype();
+    let (h, lookahead_scores) = (&h.widened(), widen(lookahead_scores));
     let [_, _, l, d] = h.qc.dims();
     let causal = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &h.qc.device()).unsqueeze::<4>();
     let logits = h.qc.clone().matmul(transpose(h.kc.clone())) * scale(d) - silu(lookahead_scores);
-    softmax(logits.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(h.vc.clone())
+    let out = softmax(logits.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(h.vc.clone());
+    to_dtype(out, dtype)
 }
 
 /// The UQ-KV cache of one layer (spec section 4): lookahead keys `U` (rewritten every step),

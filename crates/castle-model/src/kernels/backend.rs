@@ -28,6 +28,7 @@ use super::host_op::{host_op_forward, tracked_op, HostOp};
 use super::{Castle, Causal, Elem, HeadsShape, HostKernel};
 use crate::attention::baseline::causal_attention;
 use crate::attention::lookahead::{attend, lookahead_scores_chunked, CastleHeads};
+use crate::precision::to_dtype;
 
 /// A backend the model runs on: it says how CASTLE and the baseline attention are computed.
 pub trait AttentionBackend: Backend {
@@ -212,10 +213,12 @@ fn host_forward<B: Backend, E: Elem + Element, K: HostKernel<N>, const N: usize>
     kernel: K,
     inputs: [Tensor<B, 4>; N],
 ) -> (Tensor<B, 4>, [Vec<E>; N], K::Saved<E>) {
-    let (dims, device) = (inputs[0].dims(), inputs[0].device());
+    let (dims, device, dtype) = (inputs[0].dims(), inputs[0].device(), inputs[0].dtype());
     let x = inputs.map(to_host::<B, E, 4>);
     let (out, saved) = kernel.forward(x.each_ref().map(|v| v.as_slice()), shape_of(dims));
-    (from_host(out, dims, &device), x, saved)
+    // The kernels compute in f32 whatever their tensors' float type (bf16 under
+    // `backend.dtype = "bf16"`) and hand back the type they were given.
+    (to_dtype(from_host(out, dims, &device), dtype), x, saved)
 }
 
 #[derive(Debug)]
@@ -227,6 +230,8 @@ struct HostState<K: HostKernel<N>, E: Elem, const N: usize> {
     inputs: [Vec<E>; N],
     saved: K::Saved<E>,
     dims: [usize; 4],
+    /// The inputs' float types, which their gradients take.
+    dtypes: [DType; N],
 }
 
 impl<B, K, E, const N: usize> Backward<B, N> for HostBackward<K, E>
@@ -246,9 +251,9 @@ where
         let host_grads = st
             .kernel
             .backward(x, shape_of(st.dims), &st.saved, &to_host(d_out));
-        for (parent, grad) in ops.parents.into_iter().zip(host_grads) {
+        for ((parent, grad), dtype) in ops.parents.into_iter().zip(host_grads).zip(st.dtypes) {
             if let Some(node) = parent {
-                let grad = from_host::<B, E, 4>(grad, st.dims, &device);
+                let grad = to_dtype(from_host::<B, E, 4>(grad, st.dims, &device), dtype);
                 grads.register::<B>(node.id, grad.into_primitive().tensor());
             }
         }
@@ -267,6 +272,7 @@ where
     K: HostKernel<N>,
 {
     let dims = inputs[0].dims();
+    let dtypes = inputs.each_ref().map(|x| x.dtype());
     let xs = inputs.map(|x| x.into_primitive().tensor());
     let nodes = xs.each_ref().map(|x| x.node.clone());
     let inner = xs.map(|x| Tensor::from_primitive(TensorPrimitive::Float(x.primitive)));
@@ -280,6 +286,7 @@ where
                 inputs,
                 saved,
                 dims,
+                dtypes,
             };
             prep.finish(Arc::new(state), out)
         }

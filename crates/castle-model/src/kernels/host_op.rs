@@ -17,10 +17,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::{Element, TensorPrimitive};
+use burn::tensor::{DType, Element, TensorPrimitive};
 
 use super::backend::{from_host, to_host};
 use super::Elem;
+use crate::precision::to_dtype;
 
 /// A fused op with `N` flat float inputs and one flat output.
 pub trait HostOp<const N: usize>: Send + Sync + Debug + 'static {
@@ -43,11 +44,11 @@ pub(super) fn host_op_forward<B: Backend, E: Elem + Element, K: HostOp<N>, const
     op: &K,
     inputs: [Tensor<B, 1>; N],
 ) -> (Tensor<B, 1>, [Vec<E>; N], K::Saved<E>) {
-    let device = inputs[0].device();
+    let (device, dtype) = (inputs[0].device(), inputs[0].dtype());
     let x = inputs.map(to_host::<B, E, 1>);
     let (out, saved) = op.forward(x.each_ref().map(|v| v.as_slice()));
     let len = out.len();
-    (from_host(out, [len], &device), x, saved)
+    (to_dtype(from_host(out, [len], &device), dtype), x, saved)
 }
 
 #[derive(Debug)]
@@ -58,6 +59,8 @@ struct OpState<K: HostOp<N>, E: Elem, const N: usize> {
     op: K,
     inputs: [Vec<E>; N],
     saved: K::Saved<E>,
+    /// The inputs' float types, which their gradients take.
+    dtypes: [DType; N],
 }
 
 impl<B, K, E, const N: usize> Backward<B, N> for OpBackward<K, E>
@@ -75,10 +78,10 @@ where
         let device = d_out.device();
         let x = st.inputs.each_ref().map(|v| v.as_slice());
         let host_grads = st.op.backward(x, &st.saved, &to_host(d_out));
-        for (parent, grad) in ops.parents.into_iter().zip(host_grads) {
+        for ((parent, grad), dtype) in ops.parents.into_iter().zip(host_grads).zip(st.dtypes) {
             if let Some(node) = parent {
                 let len = grad.len();
-                let grad = from_host::<B, E, 1>(grad, [len], &device);
+                let grad = to_dtype(from_host::<B, E, 1>(grad, [len], &device), dtype);
                 grads.register::<B>(node.id, grad.into_primitive().tensor());
             }
         }
@@ -96,6 +99,7 @@ where
     E: Elem + Element,
     K: HostOp<N>,
 {
+    let dtypes = inputs.each_ref().map(|x| x.dtype());
     let xs = inputs.map(|x| x.into_primitive().tensor());
     let nodes = xs.each_ref().map(|x| x.node.clone());
     let inner = xs.map(|x| Tensor::from_primitive(TensorPrimitive::Float(x.primitive)));
@@ -109,7 +113,15 @@ where
                 true => inputs,
                 false => std::array::from_fn(|_| Vec::new()),
             };
-            prep.finish(Arc::new(OpState { op, inputs, saved }), out)
+            prep.finish(
+                Arc::new(OpState {
+                    op,
+                    inputs,
+                    saved,
+                    dtypes,
+                }),
+                out,
+            )
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };

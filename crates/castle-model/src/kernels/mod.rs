@@ -23,7 +23,7 @@
 //! the references these kernels are tested against.
 
 pub mod backend;
-mod blocks;
+pub(crate) mod blocks;
 pub mod causal_softmax;
 pub mod cross_entropy;
 #[cfg(feature = "cube")]

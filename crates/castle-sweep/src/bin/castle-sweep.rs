@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use castle_sweep::{report, Sweep};
-use castle_train::backend::dispatch;
+use castle_train::backend::dispatch_training;
 use castle_train::trainer::Train;
 use clap::Parser;
 use tracing::info;
@@ -51,7 +51,7 @@ fn run(args: Args) -> Result<()> {
                 config: cell.config.clone(),
                 require_resume: false,
             };
-            let summary = dispatch(cell.config.backend.kind, train)?;
+            let summary = dispatch_training(&cell.config.backend, train)?;
             info!("cell {}: val ppl {:.3}", cell.name(), summary.final_val_ppl);
             report::write(&sweep.dir, &report::collect(&cells)?)?;
         }

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use castle_train::backend::dispatch;
+use castle_train::backend::dispatch_training;
 use castle_train::distributed::{Launch, TrainDataParallel};
+use castle_train::memory::memory_summary;
 use castle_train::summary::{model_summary, schedule_summary};
 use castle_train::trainer::Train;
 use castle_train::RunConfig;
@@ -80,16 +81,17 @@ fn run(args: Args) -> Result<()> {
             _ => config.data.vocab_size,
         };
         print!(
-            "{}{}",
+            "{}{}{}",
             model_summary(&config, vocab),
-            schedule_summary(&config)
+            schedule_summary(&config),
+            memory_summary(&config, vocab)
         );
         return Ok(());
     }
     let run_dir = config.run.dir.clone();
     let summary = if args.devices == 1 && args.nnodes == 1 {
-        dispatch(
-            config.backend.kind,
+        dispatch_training(
+            &config.backend.clone(),
             Train {
                 config,
                 require_resume: args.resume,
@@ -109,7 +111,7 @@ fn run(args: Args) -> Result<()> {
             require_resume: args.resume,
             launch,
         };
-        match dispatch(task.config.backend.kind, task)? {
+        match dispatch_training(&task.config.backend.clone(), task)? {
             Some(summary) => summary,
             None => {
                 println!("node {} done; node 0 holds the outputs", args.node_rank);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 mod corpus;
+pub mod runs;
 
 use std::path::Path;
 use std::process::{Child, Command, Output};
