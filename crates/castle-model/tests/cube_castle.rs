@@ -1,27 +1,35 @@
-//! The CubeCL CASTLE kernel (`kernels::cube::castle`) on burn's wgpu backend (lavapipe in CI):
+//! The CubeCL CASTLE kernel (`kernels::cube::castle`) on wgpu (lavapipe in CI) or CUDA:
 //! output and all seven gradients against the CPU kernel `Castle` at awkward sizes, causality
 //! of the forward pass, and the `O(L d)` size of what it saves.
-#![cfg(feature = "wgpu")]
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
 
-use burn::backend::wgpu::{Wgpu, WgpuRuntime};
+// The GPU under test: wgpu (lavapipe in CI) in a build with it, else CUDA (scripts/gpu-check.sh).
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use castle_model::kernels::cube::castle::{self, TILE};
+#[cfg(not(feature = "wgpu"))]
+use castle_model::kernels::cube::Cuda as Gpu;
+#[cfg(feature = "wgpu")]
+use castle_model::kernels::cube::Wgpu as Gpu;
 use castle_model::kernels::{Castle, HeadsShape, HostKernel};
 use common::{random_vec, rng, RawHeads};
+#[cfg(not(feature = "wgpu"))]
+use cubecl::cuda::CudaRuntime as GpuRuntime;
+#[cfg(feature = "wgpu")]
+use cubecl::wgpu::WgpuRuntime as GpuRuntime;
 
-type Cube = burn_cubecl::tensor::CubeTensor<WgpuRuntime>;
+type Cube = burn_cubecl::tensor::CubeTensor<GpuRuntime>;
 
 fn to_cube(v: &[f64], shape: [usize; 4]) -> Cube {
     let data = TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape);
-    Tensor::<Wgpu, 4>::from_data(data, &Default::default())
+    Tensor::<Gpu, 4>::from_data(data, &Default::default())
         .into_primitive()
         .tensor()
 }
 
 fn from_cube<const D: usize>(t: Cube) -> Vec<f32> {
-    Tensor::<Wgpu, D>::from_primitive(TensorPrimitive::Float(t))
+    Tensor::<Gpu, D>::from_primitive(TensorPrimitive::Float(t))
         .into_data()
         .to_vec::<f32>()
         .expect("f32 data")
@@ -36,7 +44,7 @@ fn to_cube_strided(v: &[f64], [b, h, l, d]: [usize; 4]) -> Cube {
         stored[((bi * l + ti) * h + hi) * d + k] = x as f32;
     }
     let data = TensorData::new(stored, [b, l, h, d]);
-    Tensor::<Wgpu, 4>::from_data(data, &Default::default())
+    Tensor::<Gpu, 4>::from_data(data, &Default::default())
         .swap_dims(1, 2)
         .into_primitive()
         .tensor()
@@ -89,10 +97,10 @@ fn output_and_gradients_match_the_cpu_kernel() {
             );
 
             let case = format!("batch={batch} heads={heads} L={l} d={d} window={window:?}");
-            let (out, saved) = castle::forward::<WgpuRuntime, f32>(inputs(&x), window);
+            let (out, saved) = castle::forward::<GpuRuntime, f32>(inputs(&x), window);
             let err = relative_error(&from_cube::<4>(out.clone()), &want_out);
             assert!(err < 1e-4, "{case}: output relative error {err:e}");
-            let grads = castle::backward::<WgpuRuntime, f32>(
+            let grads = castle::backward::<GpuRuntime, f32>(
                 inputs(&x),
                 window,
                 out,
@@ -112,7 +120,7 @@ fn forward_is_causal_bitwise() {
     let (l, d) = (2 * TILE + 3, 8);
     for window in [None, Some(3)] {
         let x = RawHeads::random([1, 2, l, d], 7);
-        let (out, _) = castle::forward::<WgpuRuntime, f32>(inputs(&x), window);
+        let (out, _) = castle::forward::<GpuRuntime, f32>(inputs(&x), window);
         let base = from_cube::<4>(out);
         for t in [0, TILE - 1, TILE, l - 2] {
             // Perturb every input at every position after t.
@@ -124,7 +132,7 @@ fn forward_is_causal_bitwise() {
                     }
                 }
             }
-            let (out, _) = castle::forward::<WgpuRuntime, f32>(inputs(&moved), window);
+            let (out, _) = castle::forward::<GpuRuntime, f32>(inputs(&moved), window);
             let got = from_cube::<4>(out);
             for (e, (a, b)) in got.iter().zip(&base).enumerate() {
                 let pos = (e / d) % l;
@@ -150,7 +158,7 @@ fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
     use burn::tensor::TensorMetadata;
     let x = RawHeads::random([2, 3, 21, 8], 3);
     let window = Some(5);
-    let (out, saved) = castle::forward::<WgpuRuntime, f32>(inputs(&x), window);
+    let (out, saved) = castle::forward::<GpuRuntime, f32>(inputs(&x), window);
     assert_eq!(out.shape().dims::<4>(), [2, 3, 21, 8]);
     assert_eq!(saved[0].shape().dims::<3>(), [2, 3, 21], "lse");
     assert_eq!(saved[1].shape().dims::<4>(), [2, 3, 21, 8], "u_final");
@@ -163,7 +171,7 @@ fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
     }
     let d_out = to_cube(&random_vec(&mut rng(4), x.qu.len(), 1.0), x.shape);
     let backward = || {
-        castle::backward::<WgpuRuntime, f32>(
+        castle::backward::<GpuRuntime, f32>(
             inputs(&x),
             window,
             out.clone(),
@@ -189,8 +197,8 @@ fn strided_inputs_give_the_same_results() {
     assert!(!strided()[0].is_contiguous());
     let d_out = random_vec(&mut rng(6), x.qu.len(), 1.0);
     let run = |x: [Cube; 7], d_out: Cube| {
-        let (out, saved) = castle::forward::<WgpuRuntime, f32>(x.clone(), Some(3));
-        let grads = castle::backward::<WgpuRuntime, f32>(x, Some(3), out.clone(), saved, d_out);
+        let (out, saved) = castle::forward::<GpuRuntime, f32>(x.clone(), Some(3));
+        let grads = castle::backward::<GpuRuntime, f32>(x, Some(3), out.clone(), saved, d_out);
         (from_cube::<4>(out), grads.map(from_cube::<4>))
     };
     let want = run(inputs(&x), to_cube(&d_out, x.shape));

@@ -1,7 +1,7 @@
-//! The CubeCL kernels on wgpu (lavapipe in CI), in f32: forward and every gradient against the
-//! CPU kernels and against autodiff of the tensor-op references, at lengths that are not a
+//! The CubeCL kernels on wgpu (lavapipe in CI) or CUDA, in f32: forward and every gradient
+//! against the CPU kernels and against autodiff of the tensor-op references, at lengths that are not a
 //! multiple of the tile, batch 1 and 2; bitwise causality; `O(L d)` saved state.
-#![cfg(feature = "wgpu")]
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
 
@@ -9,7 +9,11 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use castle_model::attention::baseline::causal_attention;
-use castle_model::kernels::cube::Wgpu;
+// The GPU under test: wgpu (lavapipe in CI) in a build with it, else CUDA (scripts/gpu-check.sh).
+#[cfg(not(feature = "wgpu"))]
+use castle_model::kernels::cube::Cuda as Gpu;
+#[cfg(feature = "wgpu")]
+use castle_model::kernels::cube::Wgpu as Gpu;
 use castle_model::{AttentionBackend, DeviceAttention};
 use common::{random_vec, rng, tensor4, values};
 
@@ -59,10 +63,10 @@ fn causal_kernel_matches_cpu_kernel_and_tensor_ops() {
         let n = shape.iter().product();
         let mut r = rng(seed as u64);
         let inputs: Vec<Vec<f64>> = (0..4).map(|_| random_vec(&mut r, n, 1.5)).collect();
-        let gpu = causal_values::<Autodiff<Wgpu>>(&inputs, shape, true);
+        let gpu = causal_values::<Autodiff<Gpu>>(&inputs, shape, true);
         assert!(
-            Wgpu::has_device_kernel(DeviceAttention::Causal),
-            "the wgpu run went through the CubeCL kernel"
+            Gpu::has_device_kernel(DeviceAttention::Causal),
+            "the GPU run went through the CubeCL kernel"
         );
         let cpu_kernel = causal_values::<Autodiff<Flex>>(&inputs, shape, true);
         let reference = causal_values::<Autodiff<NdArray<f64>>>(&inputs, shape, false);
@@ -85,8 +89,8 @@ fn causal_kernel_is_bitwise_causal() {
     let mut r = rng(11);
     let inputs: Vec<Vec<f64>> = (0..3).map(|_| random_vec(&mut r, n, 1.5)).collect();
     let run = |x: &[Vec<f64>]| {
-        let [q, k, v] = [0, 1, 2].map(|i| tensor4::<Wgpu>(&x[i], shape, &Default::default()));
-        values(Wgpu::causal_attention(q, k, v, 16))
+        let [q, k, v] = [0, 1, 2].map(|i| tensor4::<Gpu>(&x[i], shape, &Default::default()));
+        values(Gpu::causal_attention(q, k, v, 16))
     };
     let base = run(&inputs);
     let d = shape[3];
@@ -120,17 +124,17 @@ fn causal_kernel_saves_only_row_statistics() {
     let device = Default::default();
     let inputs: Vec<_> = (0..3)
         .map(|_| {
-            let t = tensor4::<Wgpu>(&random_vec(&mut r, n, 1.0), shape, &device);
+            let t = tensor4::<Gpu>(&random_vec(&mut r, n, 1.0), shape, &device);
             t.into_primitive().tensor()
         })
         .collect();
-    let (out, saved) = Wgpu::device_forward(DeviceAttention::Causal, inputs);
-    let out = Tensor::<Wgpu, 4>::from_primitive(TensorPrimitive::Float(out));
+    let (out, saved) = Gpu::device_forward(DeviceAttention::Causal, inputs);
+    let out = Tensor::<Gpu, 4>::from_primitive(TensorPrimitive::Float(out));
     assert_eq!(out.dims(), shape);
     let saved: Vec<Vec<usize>> = saved
         .into_iter()
         .map(|s| {
-            Tensor::<Wgpu, 3>::from_primitive(TensorPrimitive::Float(s))
+            Tensor::<Gpu, 3>::from_primitive(TensorPrimitive::Float(s))
                 .dims()
                 .to_vec()
         })
