@@ -35,10 +35,8 @@ pub trait AttentionBackend: Backend {
     /// Whether the attentions run the fused host kernels (`true`) or burn tensor ops.
     const HOST_KERNELS: bool;
 
-    /// Whether `attention` runs as this backend's device kernel ([`Self::device_forward`]).
-    fn has_device_kernel(_attention: DeviceAttention) -> bool {
-        false
-    }
+    /// Whether the attentions run this backend's device kernels ([`Self::device_forward`]).
+    const DEVICE_KERNELS: bool = false;
 
     /// CASTLE attention output `[batch, heads, len, d]` (eq. 3-8, eq. 9 with a window).
     fn castle_attention(
@@ -47,11 +45,10 @@ pub trait AttentionBackend: Backend {
         block: usize,
     ) -> Tensor<Self, 4> {
         let inputs = || [&h.qu, &h.ku, &h.vu, &h.qc, &h.kc, &h.vc, &h.qc_nope].map(|t| t.clone());
-        let on_device = DeviceAttention::Castle { window };
         if Self::HOST_KERNELS {
             Self::host_kernel(Castle { window, block }, inputs())
-        } else if Self::has_device_kernel(on_device) {
-            Self::device_kernel(on_device, inputs())
+        } else if Self::DEVICE_KERNELS {
+            Self::device_kernel(DeviceAttention::Castle { window }, inputs())
         } else {
             attend(h, lookahead_scores_chunked(h, window, block))
         }
@@ -66,7 +63,7 @@ pub trait AttentionBackend: Backend {
     ) -> Tensor<Self, 4> {
         if Self::HOST_KERNELS {
             Self::host_kernel(Causal { block }, [q, k, v])
-        } else if Self::has_device_kernel(DeviceAttention::Causal) {
+        } else if Self::DEVICE_KERNELS {
             Self::device_kernel(DeviceAttention::Causal, [q, k, v])
         } else {
             causal_attention(q, k, v)
@@ -84,7 +81,7 @@ pub trait AttentionBackend: Backend {
     }
 
     /// Forward pass of a device kernel: the output and what its backward pass keeps. Only
-    /// called when [`Self::has_device_kernel`] says so.
+    /// called when [`Self::DEVICE_KERNELS`] says so.
     fn device_forward(
         attention: DeviceAttention,
         _inputs: Vec<FloatTensor<Self>>,
@@ -150,9 +147,7 @@ impl<B: AutodiffBackend<InnerBackend: AttentionBackend> + AttentionBackend> Trai
 impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B, C> {
     const HOST_KERNELS: bool = B::HOST_KERNELS;
 
-    fn has_device_kernel(attention: DeviceAttention) -> bool {
-        B::has_device_kernel(attention)
-    }
+    const DEVICE_KERNELS: bool = B::DEVICE_KERNELS;
 
     fn device_kernel<const N: usize>(
         attention: DeviceAttention,

@@ -37,9 +37,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionB
 {
     const HOST_KERNELS: bool = false;
 
-    fn has_device_kernel(_attention: DeviceAttention) -> bool {
-        true
-    }
+    const DEVICE_KERNELS: bool = true;
 
     fn device_forward(
         attention: DeviceAttention,
