@@ -54,6 +54,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    castle_data::cli::retain_freed_memory();
     let args = Args::parse();
     let mut opts = if args.quick {
         Options::quick()
