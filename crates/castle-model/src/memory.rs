@@ -10,7 +10,7 @@
 //! `BalancedCheckpointing` burn recomputes memory-bound (elementwise, reshape) outputs in the
 //! backward pass instead of keeping them, but keeps ("backs up") every compute-bound parent of a
 //! memory-bound op until the backward pass starts. On the host-kernel path nothing elementwise is
-//! kept in the first place, so the backups only add (projection, RoPE and gate outputs): there
+//! kept in the first place, so the backups only add (projection and gate outputs): there
 //! checkpointing costs memory. On the GPU paths it drops the elementwise intermediates of RMSNorm,
 //! RoPE and SwiGLU. The softmax's and lookahead's `L x L` tensors of the tensor-op attention stay
 //! either way (their parents are matmul and `mask_fill` outputs, compute-bound, so backed up).
@@ -140,16 +140,11 @@ impl ModelConfig {
             (true, false) => {
                 (2 * d_model + 2) * host_e + (2 * d_model + nd + hidden) * e + 2 * hidden * host_e
             }
-            // Plus the backed-up projection, RoPE, gate/up and residual-branch outputs.
+            // Plus the backed-up projection (RoPE is inside the attention's fused op,
+            // `crate::kernels::heads`), gate/up and residual-branch outputs.
             (true, true) => {
                 (2 * d_model + 2 + 2 * hidden) * host_e
-                    + (2 * d_model
-                        + nd
-                        + hidden
-                        + (projected + roped) * nd
-                        + 2 * hidden
-                        + 2 * d_model)
-                        * e
+                    + (2 * d_model + nd + hidden + projected * nd + 2 * hidden + 2 * d_model) * e
             }
             // Per RMSNorm x, x / rms, rms, sqrt; the norm outputs; `in_proj` output (its views
             // feed RoPE and attention); RoPE outputs; merged output; SwiGLU's g, tanh, sigmoid,

@@ -87,14 +87,21 @@ impl<B: AttentionBackend> RopeTables<B> {
             return self.apply_reference(x);
         }
         let dims = x.dims();
+        let rows = self.rows(dims[2], dims[3]).clone();
+        B::host_op(rows, [x.reshape([-1])]).reshape(dims)
+    }
+
+    /// The rotation of `len` positions of `head_dim` values, for fused host ops; panics when
+    /// these tables are not for that shape.
+    pub(crate) fn rows(&self, len: usize, head_dim: usize) -> &RopeRows {
         assert_eq!(
-            [dims[2], dims[3] / 2],
+            [len, head_dim / 2],
             [self.rope.len, self.rope.rope.half],
             "RoPE tables for {} positions of head_dim {}",
             self.rope.len,
             2 * self.rope.rope.half
         );
-        B::host_op(self.rope.clone(), [x.reshape([-1])]).reshape(dims)
+        &self.rope
     }
 
     /// [`RopeTables::apply`] in burn tensor ops: the reference, and what GPU backends run.
@@ -135,10 +142,14 @@ pub struct RopeRows {
 }
 
 impl RopeRows {
+    /// The number of positions.
+    pub(crate) fn positions(&self) -> usize {
+        self.len
+    }
+
     /// Rotates every row of `x` into `out` by `sign` times its position's angle.
     fn rotate<E: Elem>(&self, x: &[E], sign: f64) -> Vec<E> {
-        let half = self.rope.half;
-        let d = 2 * half;
+        let d = 2 * self.rope.half;
         let rows = rows_per_task(d);
         let mut out = vec![E::zero(); x.len()];
         out.par_chunks_mut(rows * d)
@@ -146,19 +157,26 @@ impl RopeRows {
             .enumerate()
             .for_each(|(task, (out, x))| {
                 for (i, (y, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
-                    let pos = self.start + (task * rows + i) % self.len;
-                    let cos = &self.rope.cos[pos * half..(pos + 1) * half];
-                    let sin = &self.rope.sin[pos * half..(pos + 1) * half];
-                    let (x1, x2) = x.split_at(half);
-                    let (y1, y2) = y.split_at_mut(half);
-                    for k in 0..half {
-                        let (c, s) = (E::of(cos[k]), E::of(sign * sin[k]));
-                        y1[k] = x1[k] * c - x2[k] * s;
-                        y2[k] = x2[k] * c + x1[k] * s;
-                    }
+                    self.rotate_row(x, y, (task * rows + i) % self.len, sign);
                 }
             });
         out
+    }
+
+    /// Rotates the row `x` of the `t`-th position (`start + t`) into `y` by `sign` times its
+    /// angle.
+    pub(crate) fn rotate_row<E: Elem>(&self, x: &[E], y: &mut [E], t: usize, sign: f64) {
+        let half = self.rope.half;
+        let pos = self.start + t;
+        let cos = &self.rope.cos[pos * half..(pos + 1) * half];
+        let sin = &self.rope.sin[pos * half..(pos + 1) * half];
+        let (x1, x2) = x.split_at(half);
+        let (y1, y2) = y.split_at_mut(half);
+        for k in 0..half {
+            let (c, s) = (E::of(cos[k]), E::of(sign * sin[k]));
+            y1[k] = x1[k] * c - x2[k] * s;
+            y2[k] = x2[k] * c + x1[k] * s;
+        }
     }
 }
 

@@ -15,28 +15,13 @@ use castle_model::layers::{silu, RmsNorm, SwiGlu};
 use castle_model::lm::{token_nll, token_nll_reference};
 use castle_model::rope::Rope;
 use castle_model::AttentionBackend;
-use common::{random_vec, rng, values};
+use common::{random_vec, relative_error, rng, values};
 
 type F64 = Autodiff<NdArray<f64>>;
 type F32 = Autodiff<Flex>;
 
 /// Shapes `[batch, len]` with one token, batch 1 and odd row counts.
 const SHAPES: [[usize; 2]; 4] = [[1, 1], [1, 7], [3, 5], [2, 33]];
-
-/// `|a - b| / |b|` over all the vectors together.
-fn relative_error(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
-    let sq = |x: f64| x * x;
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len(), "length mismatch");
-            x.iter().zip(y).map(|(p, q)| sq(p - q))
-        })
-        .sum();
-    let norm: f64 = b.iter().flatten().map(|&x| sq(x)).sum();
-    (diff / norm).sqrt()
-}
 
 fn tensor<B: Backend, const D: usize>(v: &[f64], shape: [usize; D]) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())

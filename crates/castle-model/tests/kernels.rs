@@ -9,21 +9,9 @@ use burn::backend::Autodiff;
 use castle_model::attention::baseline::causal_attention;
 use castle_model::attention::lookahead::{attend, lookahead_scores_naive, CastleHeads};
 use castle_model::AttentionBackend;
-use common::{random_vec, reference_output, rng, tensor4, values, RawHeads};
+use common::{random_vec, reference_output, relative_error, rng, tensor4, values, RawHeads};
 
 type B = Autodiff<NdArray<f64>>;
-
-/// `|a - b| / |b|` over all seven inputs' gradients together.
-fn relative_error(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
-    let sq = |x: f64| x * x;
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| sq(p - q)))
-        .sum();
-    let norm: f64 = b.iter().flatten().map(|&x| sq(x)).sum();
-    (diff / norm).sqrt()
-}
 
 fn tracked(x: &RawHeads) -> CastleHeads<B> {
     let h = x.to_tensors::<B>(&Default::default());

@@ -6,11 +6,15 @@ use burn::tensor::activation::softmax;
 
 use super::cache::CacheRows;
 use super::lookahead::scale;
-use super::{merge_heads, split_heads, AttentionPath};
-use crate::kernels::AttentionBackend;
+use super::{host_attention, merge_heads, split_heads, AttentionPath};
+use crate::kernels::heads::Source;
+use crate::kernels::{AttentionBackend, Causal};
 use crate::layers::linear;
 use crate::precision::{project, to_dtype, widen};
 use crate::rope::RopeTables;
+
+/// The host kernel's inputs `q, k, v` as parts of `qkv`'s output, `q` and `k` rotated.
+pub const SOURCES: [Source; 3] = [Source::rotated(0), Source::rotated(1), Source::plain(2)];
 
 #[derive(Module, Debug)]
 pub struct CausalSelfAttention<B: Backend> {
@@ -69,8 +73,17 @@ impl<B: AttentionBackend> CausalSelfAttention<B> {
         rope: &RopeTables<B>,
         path: AttentionPath,
     ) -> Tensor<B, 3> {
-        let [q, k, v] = self.project(x, rope);
-        project(&self.out, merge_heads(attend(q, k, v, path)))
+        match path {
+            AttentionPath::Kernel { block } if B::HOST_KERNELS => {
+                let y = project(&self.qkv, x);
+                let o = host_attention(y, Causal { block }, SOURCES, self.n_heads, rope);
+                project(&self.out, o)
+            }
+            _ => {
+                let [q, k, v] = self.project(x, rope);
+                project(&self.out, merge_heads(attend(q, k, v, path)))
+            }
+        }
     }
 
     /// Forward over a prompt that also returns the cache for decoding after it.

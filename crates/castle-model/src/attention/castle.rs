@@ -6,11 +6,24 @@ use burn::prelude::*;
 use super::lookahead::{
     attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads, UqKvCache,
 };
-use super::{merge_heads, split_heads, AttentionPath};
-use crate::kernels::AttentionBackend;
+use super::{host_attention, merge_heads, split_heads, AttentionPath};
+use crate::kernels::heads::Source;
+use crate::kernels::{AttentionBackend, Castle};
 use crate::layers::linear;
 use crate::precision::project;
 use crate::rope::RopeTables;
+
+/// The host kernel's inputs `qu, ku, vu, qc, kc, vc, qc_nope` as parts of `in_proj`'s output,
+/// rotated as [`CastleAttention::heads`] does.
+pub const SOURCES: [Source; 7] = [
+    Source::rotated(0),
+    Source::rotated(1),
+    Source::plain(2),
+    Source::rotated(3),
+    Source::rotated(4),
+    Source::plain(5),
+    Source::plain(3),
+];
 
 #[derive(Module, Debug)]
 pub struct CastleAttention<B: Backend> {
@@ -67,7 +80,18 @@ impl<B: AttentionBackend> CastleAttention<B> {
         rope: &RopeTables<B>,
         path: AttentionPath,
     ) -> Tensor<B, 3> {
-        self.attend_all(&self.heads(x, rope), path)
+        match path {
+            AttentionPath::Kernel { block } if B::HOST_KERNELS => {
+                let kernel = Castle {
+                    window: self.window,
+                    block,
+                };
+                let y = project(&self.in_proj, x);
+                let o = host_attention(y, kernel, SOURCES, self.n_heads, rope);
+                project(&self.out, o)
+            }
+            _ => self.attend_all(&self.heads(x, rope), path),
+        }
     }
 
     /// Forward over a prompt that also returns the UQ-KV cache for decoding after it.

@@ -16,6 +16,8 @@
 //!
 //! - [`host_op`]: the same for the row-wise ops around attention ([`rmsnorm`], [`swiglu`],
 //!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain.
+//! - [`heads`]: an attention kernel as one such op from its layer's projection to its merged
+//!   output, splitting heads, RoPE and merging heads included.
 //!
 //! [`HostKernel`] is what a kernel offers: [`Castle`] and [`Causal`] take all heads packed
 //! `[heads, len, d]`; each head is zero-padded to a
@@ -30,6 +32,7 @@ pub mod cross_entropy;
 pub mod cube;
 pub mod device;
 pub mod gemm;
+pub mod heads;
 pub mod host_op;
 pub mod lookahead;
 pub mod rmsnorm;

@@ -34,6 +34,21 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// `|a - b| / |b|` over all the vectors together.
+pub fn relative_error(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let sq = |x: f64| x * x;
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len(), "length mismatch");
+            x.iter().zip(y).map(|(p, q)| sq(p - q))
+        })
+        .sum();
+    let norm: f64 = b.iter().flatten().map(|&x| sq(x)).sum();
+    (diff / norm).sqrt()
+}
+
 /// The seven per-head inputs as flat `[b, h, l, d]` vectors, in `CastleHeads` field order.
 #[derive(Clone)]
 pub struct RawHeads {
