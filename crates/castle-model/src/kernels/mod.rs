@@ -15,7 +15,9 @@
 //!   holds the CubeCL ones, FlashAttention-style, for burn's `CubeBackend` on any runtime.
 //!
 //! - [`host_op`]: the same for the row-wise ops around attention ([`rmsnorm`], [`swiglu`],
-//!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain.
+//!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain;
+//!   [`lm_loss`] fuses the LM head's product into the cross-entropy, a chunk of rows at a time,
+//!   so training never holds the `tokens x vocab` logits.
 //!
 //! [`HostKernel`] is what a kernel offers: [`Castle`] and [`Causal`] take all heads packed
 //! `[heads, len, d]`; each head is zero-padded to a
@@ -31,6 +33,7 @@ pub mod cube;
 pub mod device;
 pub mod gemm;
 pub mod host_op;
+pub mod lm_loss;
 pub mod lookahead;
 pub mod rmsnorm;
 pub mod swiglu;
