@@ -10,6 +10,7 @@ use burn::tensor::DType;
 use crate::attention::{AttentionCache, AttentionPath, CastleAttention, CausalSelfAttention};
 use crate::config::{AttentionKind, ModelConfig};
 use crate::kernels::cross_entropy::CrossEntropyRows;
+use crate::kernels::lm_loss::LmHeadLoss;
 use crate::kernels::AttentionBackend;
 use crate::layers::{linear, RmsNorm, SwiGlu};
 use crate::precision::{project, to_dtype};
@@ -128,6 +129,31 @@ impl<B: AttentionBackend> CastleLm<B> {
 
     /// [`CastleLm::forward`] with a chosen attention path (tests compare them).
     pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, path: AttentionPath) -> Tensor<B, 3> {
+        self.logits(self.hidden(tokens, path))
+    }
+
+    /// Per-token negative log-likelihood `[batch, len]` of `targets` after `inputs`
+    /// (`[batch, len]` each), attention on the fused path: `token_nll(self.forward(inputs),
+    /// targets)`, except that on CPU the LM head and the loss are one fused op
+    /// ([`LmHeadLoss`]) that never holds the `tokens x vocab` logits.
+    pub fn token_nll(&self, inputs: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let x = self.hidden(inputs, self.training_path());
+        if !B::HOST_KERNELS {
+            return token_nll(self.logits(x), targets);
+        }
+        let [b, l, d] = x.dims();
+        // The head as `[vocab, d]`; the loss in the parameters' type, as `logits` returns it.
+        let w = match &self.lm_head {
+            Some(head) => head.weight.val().transpose(),
+            None => self.embed.weight.val(),
+        };
+        let x = to_dtype(self.norm.forward(x), w.dtype());
+        let op = LmHeadLoss::new(d, self.vocab_size(), target_ids(targets));
+        B::host_op(op, [x.reshape([-1]), w.reshape([-1])]).reshape([b, l])
+    }
+
+    /// The residual stream after the last block, before the final norm.
+    fn hidden(&self, tokens: Tensor<B, 2, Int>, path: AttentionPath) -> Tensor<B, 3> {
         let len = tokens.dims()[1];
         let rope = self.rope(0, len, &tokens.device());
         let mut x = self.embed_tokens(tokens);
@@ -139,7 +165,7 @@ impl<B: AttentionBackend> CastleLm<B> {
             };
             x = block.feed_forward(x + a);
         }
-        self.logits(x)
+        x
     }
 
     /// Forward over a prompt `[batch, len]` that also returns the decoding cache.
@@ -220,7 +246,8 @@ impl<B: AttentionBackend> Block<B> {
 }
 
 /// Per-token negative log-likelihood `[batch, len]` of `targets` under `logits`; one fused
-/// softmax cross-entropy kernel on CPU.
+/// softmax cross-entropy kernel on CPU. Training calls [`CastleLm::token_nll`], which fuses the
+/// LM head in too.
 pub fn token_nll<B: AttentionBackend>(
     logits: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
@@ -229,16 +256,21 @@ pub fn token_nll<B: AttentionBackend>(
         return token_nll_reference(logits, targets);
     }
     let [b, l, vocab] = logits.dims();
-    let targets = targets
+    let op = CrossEntropyRows::new(vocab, target_ids(targets));
+    B::host_op(op, [logits.reshape([-1])]).reshape([b, l])
+}
+
+/// `targets` as host token ids, row-major; a negative id becomes `usize::MAX`, which the ops
+/// reject as outside the vocabulary.
+fn target_ids<B: Backend>(targets: Tensor<B, 2, Int>) -> Vec<usize> {
+    targets
         .into_data()
         .convert::<i64>()
         .into_vec::<i64>()
         .expect("targets converted to i64")
         .into_iter()
         .map(|t| usize::try_from(t).unwrap_or(usize::MAX))
-        .collect();
-    let op = CrossEntropyRows::new(vocab, targets);
-    B::host_op(op, [logits.reshape([-1])]).reshape([b, l])
+        .collect()
 }
 
 /// [`token_nll`] in tensor ops (`log_softmax` and `gather`): the reference, and the GPU path.

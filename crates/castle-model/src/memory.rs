@@ -62,10 +62,10 @@ pub struct TrainingMemory {
     pub layer_activations: u64,
     /// Kept by the attention itself (inputs it copies, output, softmax state), all layers.
     pub attention_state: u64,
-    /// Final norm, logits and loss.
+    /// Final norm, LM head and loss (the logits themselves only off the CPU).
     pub head: u64,
     /// The logits' gradient, allocated at the start of the backward pass while all the above
-    /// is still alive.
+    /// is still alive (on CPU the fused head's `dZ`, for its one `dW` product).
     pub logits_grad: u64,
 }
 
@@ -202,25 +202,38 @@ impl ModelConfig {
         };
         let attention_state = layers * (plan.batch * self.n_heads()) as u64 * per_head;
 
-        // Final norm and LM-head input; logits as the loss keeps them, in f32 whatever the
-        // compute type (a host copy plus row log-sum-exp on CPU, the matmul's output backed up
-        // under checkpointing; `exp` of log-softmax on GPU); their f32 gradient.
-        let head_per_token = if host {
-            (d_model + 1 + vocab + 1) * host_e
-                + d_model * e
-                + if plan.checkpointing { vocab * e } else { 0 }
+        // Final norm and LM-head input. On CPU the fused head and loss (`kernels::lm_loss`)
+        // keep host copies of the norm's output and of the head `W` (once, not per token) and a
+        // row log-sum-exp, never the logits; under checkpointing the norm's output is backed up
+        // (a reshape feeds the op). On GPU the logits as the loss keeps them, in f32 whatever
+        // the compute type (`exp` of log-softmax). Either way the logits' f32 gradient exists
+        // in the backward pass (`logits_grad`).
+        let (head_per_token, head_once) = if host {
+            let norm = (d_model + 1) * host_e;
+            let loss = (d_model + 1) * host_e;
+            let backed_up = if plan.checkpointing { d_model * e } else { 0 };
+            (norm + loss + backed_up, vocab * d_model * host_e)
         } else {
-            (2 * d_model + 2 + d_model) * e + vocab * 4
+            ((2 * d_model + 2 + d_model) * e + vocab * 4, 0)
         };
         let bf16 = plan.compute_bytes < 4;
+        // Every matrix is cast for its product except the embedding table, which is gathered
+        // in f32 (and cast as the head only when tied and off the CPU), and the CPU's fused
+        // head, which multiplies the f32 `W` itself.
+        let tables = match (host, self.tie_embeddings) {
+            (false, true) => 0,
+            (false, false) | (true, true) => 1,
+            (true, false) => 2,
+        };
+        let cast_params = matrix_params - tables * vocab * d_model;
         TrainingMemory {
             parameters: 4 * params,
             gradients: 4 * params * if plan.accumulation > 1 { 2 } else { 1 },
             optimizer: 8 * params,
-            compute_weights: if bf16 { e * matrix_params } else { 0 },
+            compute_weights: if bf16 { e * cast_params } else { 0 },
             layer_activations,
             attention_state,
-            head: tokens * head_per_token,
+            head: tokens * head_per_token + head_once,
             logits_grad: tokens * vocab * 4,
         }
     }

@@ -12,7 +12,6 @@ use burn::backend::autodiff::checkpoint::strategy::{
 };
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
-use castle_model::lm::token_nll;
 use castle_model::memory::{AttentionImpl, MemoryPlan};
 use castle_model::{AttentionKind, ModelConfig};
 use common::random_tokens;
@@ -70,10 +69,10 @@ fn kept_after_forward<C: CheckpointStrategy>(
         tokens.slice([0..batch, 1..len + 1]),
     );
     // A first pass starts rayon's pool and the backend's lazy state.
-    let warm_up = token_nll(model.forward(input.clone()), target.clone()).mean();
+    let warm_up = model.token_nll(input.clone(), target.clone()).mean();
     drop(warm_up.backward());
     let before = LIVE.load(Ordering::SeqCst);
-    let loss = token_nll(model.forward(input), target).mean();
+    let loss = model.token_nll(input, target).mean();
     let kept = LIVE.load(Ordering::SeqCst).saturating_sub(before);
     // The graph is alive until here: the backward pass consumes it.
     drop(loss.backward());

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use castle_model::lm::token_nll;
 use castle_model::{CastleLm, TrainBackend};
 
 use crate::collective::Peer;
@@ -73,7 +72,7 @@ pub fn train_step<B: TrainBackend>(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
         let (inputs, targets) = inputs_and_targets::<B>(tokens, rows, device);
-        let loss = token_nll(model.forward(inputs), targets).mean();
+        let loss = model.token_nll(inputs, targets).mean();
         let value = loss.clone().inner();
         let backward_started = Instant::now();
         times.forward += backward_started - started;

@@ -1,7 +1,6 @@
 //! Validation loss: token-weighted mean negative log-likelihood over fixed windows.
 
 use burn::prelude::*;
-use castle_model::lm::token_nll;
 use castle_model::{AttentionBackend, CastleLm};
 
 /// `[batch, seq_len + 1]` token windows as (inputs, targets), each `[batch, seq_len]`.
@@ -31,7 +30,7 @@ pub fn mean_loss<B: AttentionBackend>(
     for chunk in windows.chunks(batch_size) {
         let flat: Vec<u32> = chunk.concat();
         let (inputs, targets) = inputs_and_targets::<B>(&flat, chunk.len(), device);
-        let nll = token_nll(model.forward(inputs), targets);
+        let nll = model.token_nll(inputs, targets);
         count += nll.shape().num_elements();
         total += nll.sum().into_scalar().elem::<f64>();
     }

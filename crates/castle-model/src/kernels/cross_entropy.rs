@@ -1,12 +1,19 @@
 //! Softmax cross-entropy per row: `nll = logsumexp(z) - z[target]`, one parallel pass forward
 //! (keeping only each row's log-sum-exp) and one backward (`softmax(z) - onehot(target)`), where
 //! burn's `log_softmax` + `gather` form makes about ten single-threaded passes over the
-//! `tokens x vocab` logits.
+//! `tokens x vocab` logits. This op takes logits that exist already (evaluation, or any caller
+//! of `lm::token_nll`); training fuses the LM head in as well ([`super::lm_loss`]) and never
+//! holds them. The row helpers here serve both.
 
 use rayon::prelude::*;
 
 use super::host_op::{rows_per_task, HostOp};
 use super::Elem;
+
+/// Independent accumulators per row reduction: a float sum or max in one accumulator is a
+/// serial chain LLVM may not reorder, so it compiles to scalar code; eight lanes compile to
+/// packed (SIMD) instructions.
+const LANES: usize = 8;
 
 /// Cross-entropy of rows of `vocab` logits against `targets`, one per row.
 #[derive(Debug, Clone)]
@@ -18,19 +25,50 @@ pub struct CrossEntropyRows {
 impl CrossEntropyRows {
     /// Checks every target is a token id below `vocab`.
     pub fn new(vocab: usize, targets: Vec<usize>) -> Self {
-        if let Some(bad) = targets.iter().find(|&&t| t >= vocab) {
-            panic!("target token id {bad} is outside the vocabulary of {vocab} (0..{vocab})");
-        }
+        check_targets(vocab, &targets);
         Self { vocab, targets }
     }
 }
 
-fn logsumexp<E: Elem>(z: &[E]) -> E {
-    let max = z.iter().fold(E::neg_infinity(), |m, &v| m.max(v));
-    let sum = z
-        .iter()
-        .fold(E::zero(), |s, &v| s + E::exp_nonpositive(v - max));
+/// Panics naming the first target that is not a token id below `vocab`.
+pub(super) fn check_targets(vocab: usize, targets: &[usize]) {
+    if let Some(bad) = targets.iter().find(|&&t| t >= vocab) {
+        panic!("target token id {bad} is outside the vocabulary of {vocab} (0..{vocab})");
+    }
+}
+
+/// `log sum_i exp(z_i)`, shifted by the row's maximum, each reduction in [`LANES`] lanes.
+pub(super) fn logsumexp<E: Elem>(z: &[E]) -> E {
+    let chunks = z.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    let mut lanes = [E::neg_infinity(); LANES];
+    for c in chunks.clone() {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let max = lanes
+        .into_iter()
+        .chain(rest.iter().copied())
+        .fold(E::neg_infinity(), E::max);
+    let mut lanes = [E::zero(); LANES];
+    for c in chunks {
+        for (s, &v) in lanes.iter_mut().zip(c) {
+            *s = *s + E::exp_nonpositive(v - max);
+        }
+    }
+    let rest = rest.iter().map(|&v| E::exp_nonpositive(v - max));
+    let sum = lanes.into_iter().chain(rest).fold(E::zero(), |s, v| s + v);
     max + sum.ln()
+}
+
+/// A row of logits `z` (with log-sum-exp `lse`) turned in place into the gradient of
+/// `d_nll * nll`: `d_nll (softmax(z) - onehot(target))`.
+pub(super) fn softmax_grad_in_place<E: Elem>(z: &mut [E], lse: E, d_nll: E, target: usize) {
+    for z in z.iter_mut() {
+        *z = d_nll * E::exp_nonpositive(*z - lse);
+    }
+    z[target] = z[target] - d_nll;
 }
 
 impl HostOp<1> for CrossEntropyRows {
@@ -58,18 +96,12 @@ impl HostOp<1> for CrossEntropyRows {
     fn backward<E: Elem>(&self, [z]: [&[E]; 1], lse: &Vec<E>, d_nll: &[E]) -> [Vec<E>; 1] {
         let v = self.vocab;
         let rows = rows_per_task(v);
-        let mut dz = vec![E::zero(); z.len()];
+        let mut dz = z.to_vec();
         dz.par_chunks_mut(rows * v)
-            .zip(z.par_chunks(rows * v))
             .enumerate()
-            .for_each(|(task, (dz, z))| {
-                for (i, (dz, z)) in dz.chunks_mut(v).zip(z.chunks(v)).enumerate() {
-                    let r = task * rows + i;
-                    let (l, d) = (lse[r], d_nll[r]);
-                    for (dz, &z) in dz.iter_mut().zip(z) {
-                        *dz = d * E::exp_nonpositive(z - l);
-                    }
-                    dz[self.targets[r]] = dz[self.targets[r]] - d;
+            .for_each(|(task, dz)| {
+                for (r, dz) in (task * rows..).zip(dz.chunks_mut(v)) {
+                    softmax_grad_in_place(dz, lse[r], d_nll[r], self.targets[r]);
                 }
             });
         [dz]

@@ -40,16 +40,24 @@ impl Elem for f32 {
     /// `1.6e-38`) where the true value is smaller still.
     #[inline(always)]
     fn exp_nonpositive(x: f32) -> f32 {
+        const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
         let x = x.clamp(-87.0, 0.0);
         // Round x / ln 2 to the nearest integer by the 1.5 * 2^23 trick (vectorises, unlike round()).
-        let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        let shifted = x * std::f32::consts::LOG2_E + ROUND;
+        let n = shifted - ROUND;
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
             + 1.666_666_5e-1)
             * r
             + 0.5;
         let y = p * r * r + r + 1.0;
-        y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        // 2^n from the integer `n` in the low bits of `shifted` (`n as i32`, a saturating
+        // conversion, would not vectorise).
+        let biased = shifted
+            .to_bits()
+            .wrapping_sub(ROUND.to_bits())
+            .wrapping_add(127);
+        y * f32::from_bits(biased << 23)
     }
 
     unsafe fn gemm_raw(

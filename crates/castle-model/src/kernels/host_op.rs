@@ -1,5 +1,5 @@
 //! [`HostOp`]: a fused elementwise or row-wise CPU op on flat host arrays (RMSNorm, SwiGLU's
-//! gate, softmax cross-entropy), registered as one node of burn's autodiff graph with its own
+//! gate, softmax cross-entropy, the LM head with its loss), registered as one node of burn's autodiff graph with its own
 //! backward pass, as the attention kernels are.
 //!
 //! burn's CPU backends run each elementwise step as its own single-threaded pass over memory;

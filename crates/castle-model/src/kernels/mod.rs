@@ -15,7 +15,9 @@
 //!   holds the CubeCL ones, FlashAttention-style, for burn's `CubeBackend` on any runtime.
 //!
 //! - [`host_op`]: the same for the row-wise ops around attention ([`rmsnorm`], [`swiglu`],
-//!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain.
+//!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain;
+//!   [`lm_loss`] fuses the LM head's product into the cross-entropy, a chunk of rows at a time,
+//!   so training never holds the `tokens x vocab` logits.
 //! - [`heads`]: an attention kernel as one such op from its layer's projection to its merged
 //!   output, splitting heads, RoPE and merging heads included.
 //!
@@ -34,6 +36,7 @@ pub mod device;
 pub mod gemm;
 pub mod heads;
 pub mod host_op;
+pub mod lm_loss;
 pub mod lookahead;
 pub mod rmsnorm;
 pub mod swiglu;
