@@ -1,4 +1,5 @@
-//! Matrix views and the one matrix product the kernels use (`matrixmultiply`'s blocked GEMM).
+//! Matrix views and the one matrix product the kernels use: the `gemm` crate's, one thread per
+//! call, since the kernels call it from their own rayon tasks.
 
 use std::fmt::Debug;
 
@@ -70,9 +71,7 @@ impl Elem for f32 {
         beta: f32,
         c: (*mut f32, isize, isize),
     ) {
-        matrixmultiply::sgemm(
-            m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
-        );
+        unsafe { gemm_crate(m, k, n, alpha, a, b, beta, c) }
     }
 }
 
@@ -87,9 +86,46 @@ impl Elem for f64 {
         beta: f64,
         c: (*mut f64, isize, isize),
     ) {
-        matrixmultiply::dgemm(
-            m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
-        );
+        unsafe { gemm_crate(m, k, n, alpha, a, b, beta, c) }
+    }
+}
+
+/// `c = alpha a b + beta c` by the `gemm` crate on one thread (the kernels call it from their own
+/// rayon tasks); `c` is not read when `beta` is zero.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate<E: 'static + Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: E,
+    a: (*const E, isize, isize),
+    b: (*const E, isize, isize),
+    beta: E,
+    c: (*mut E, isize, isize),
+) {
+    // `gemm` computes `dst = alpha dst + beta lhs rhs` and takes column strides first.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.0,
+            c.2,
+            c.1,
+            beta != E::zero(),
+            a.0,
+            a.2,
+            a.1,
+            b.0,
+            b.2,
+            b.1,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 //! machine's matrix-multiply rate (`docs/benchmarks.md`). These kernels instead walk `bs x bs`
 //! blocks: blocks above the causal diagonal (and, under SWL, outside the band) are never
 //! computed, the elementwise work happens in the same loop that consumes it, and every product
-//! is a small GEMM (`matrixmultiply`). Blocks run in parallel on rayon's pool.
+//! is a small single-threaded GEMM (the `gemm` crate). Blocks run in parallel on rayon's pool.
 //!
 //! - [`causal_softmax`]: `softmax(s Q K^T - SiLU(S_U)) V`, or the baseline without `S_U`.
 //! - [`lookahead`]: CASTLE's lookahead scores `S_U` by the exact chunked form.
