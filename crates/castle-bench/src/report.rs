@@ -17,7 +17,7 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Matrix-multiply rate ({0} x {0} x {0}, f32, median):",
+        "Matrix-multiply rate ({0} x {0} x {0}, f32, best of 10 after a warm-up):",
         opts.matmul_size
     );
     let _ = writeln!(md);
