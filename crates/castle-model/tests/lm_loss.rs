@@ -17,26 +17,10 @@ use burn::tensor::DType;
 use castle_model::kernels::lm_loss::LmHeadLoss;
 use castle_model::lm::{token_nll, token_nll_reference};
 use castle_model::{AttentionBackend, AttentionKind, CastleLm};
-use common::{random_tokens, random_vec, rng, tiny_config, values};
+use common::{random_tokens, random_vec, relative_error, rng, tiny_config, values};
 
 type F64 = Autodiff<NdArray<f64>>;
 type F32 = Autodiff<Flex>;
-
-/// `|a - b| / |b|` over all the vectors together; `|a - b|` where `b` is all zeros (a
-/// vocabulary of one: every loss and gradient is 0), NaN where `a` has a NaN.
-fn relative_error(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
-    let sq = |x: f64| x * x;
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len(), "length mismatch");
-            x.iter().zip(y).map(|(p, q)| sq(p - q))
-        })
-        .sum();
-    let norm: f64 = b.iter().flatten().map(|&x| sq(x)).sum();
-    (diff / if norm > 0.0 { norm } else { 1.0 }).sqrt()
-}
 
 /// The larger error, NaN if either is (`f64::max` would drop a NaN).
 fn worse(a: f64, b: f64) -> f64 {

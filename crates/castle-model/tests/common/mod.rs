@@ -34,7 +34,8 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// `|a - b| / |b|` over all the vectors together.
+/// `|a - b| / |b|` over all the vectors together; `|a - b|` where `b` is all zeros (e.g. a
+/// vocabulary of one: every loss and gradient is 0), NaN where `a` has a NaN.
 pub fn relative_error(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
     let sq = |x: f64| x * x;
     let diff: f64 = a
@@ -46,7 +47,7 @@ pub fn relative_error(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
         })
         .sum();
     let norm: f64 = b.iter().flatten().map(|&x| sq(x)).sum();
-    (diff / norm).sqrt()
+    (diff / if norm > 0.0 { norm } else { 1.0 }).sqrt()
 }
 
 /// The seven per-head inputs as flat `[b, h, l, d]` vectors, in `CastleHeads` field order.
