@@ -7,22 +7,6 @@ use num_traits::Float;
 
 /// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
 pub trait Elem: Float + Send + Sync + Debug + 'static {
-    /// `c = alpha a b + beta c` on raw strided storage.
-    ///
-    /// # Safety
-    /// Every element addressed by the shapes and strides must lie inside its buffer.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: (*const Self, isize, isize),
-        b: (*const Self, isize, isize),
-        beta: Self,
-        c: (*mut Self, isize, isize),
-    );
-
     fn of(x: f64) -> Self {
         Self::from(x).expect("a float converts to a float")
     }
@@ -60,74 +44,9 @@ impl Elem for f32 {
             .wrapping_add(127);
         y * f32::from_bits(biased << 23)
     }
-
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f32,
-        a: (*const f32, isize, isize),
-        b: (*const f32, isize, isize),
-        beta: f32,
-        c: (*mut f32, isize, isize),
-    ) {
-        unsafe { gemm_crate(m, k, n, alpha, a, b, beta, c) }
-    }
 }
 
-impl Elem for f64 {
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: f64,
-        a: (*const f64, isize, isize),
-        b: (*const f64, isize, isize),
-        beta: f64,
-        c: (*mut f64, isize, isize),
-    ) {
-        unsafe { gemm_crate(m, k, n, alpha, a, b, beta, c) }
-    }
-}
-
-/// `c = alpha a b + beta c` by the `gemm` crate on one thread (the kernels call it from their own
-/// rayon tasks); `c` is not read when `beta` is zero.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_crate<E: 'static + Float>(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: E,
-    a: (*const E, isize, isize),
-    b: (*const E, isize, isize),
-    beta: E,
-    c: (*mut E, isize, isize),
-) {
-    // `gemm` computes `dst = alpha dst + beta lhs rhs` and takes column strides first.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.0,
-            c.2,
-            c.1,
-            beta != E::zero(),
-            a.0,
-            a.2,
-            a.1,
-            b.0,
-            b.2,
-            b.1,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
+impl Elem for f64 {}
 
 /// A read-only `rows x cols` matrix inside a slice, element `(r, c)` at `r * rs + c * cs`.
 #[derive(Clone, Copy)]
@@ -225,17 +144,30 @@ pub fn gemm<E: Elem>(alpha: E, a: Mat<E>, b: Mat<E>, beta: E, c: MatMut<E>) {
         return;
     }
     // SAFETY: `Mat::new`/`MatMut::new` checked that every addressed element is in bounds, and
-    // `c` is borrowed mutably, so it cannot alias `a` or `b`.
+    // `c` is borrowed mutably, so it cannot alias `a` or `b`. `gemm` computes
+    // `dst = alpha dst + beta lhs rhs` (`dst` not read when told so), column strides first, on
+    // this thread only: the kernels call it from their own rayon tasks.
     unsafe {
-        E::gemm_raw(
-            a.rows,
+        gemm::gemm(
+            c.rows,
+            c.cols,
             a.cols,
-            b.cols,
-            alpha,
-            (a.data.as_ptr(), a.rs as isize, a.cs as isize),
-            (b.data.as_ptr(), b.rs as isize, b.cs as isize),
+            c.data.as_mut_ptr(),
+            1,
+            c.rs as isize,
+            beta != E::zero(),
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
             beta,
-            (c.data.as_mut_ptr(), c.rs as isize, 1),
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
 }
