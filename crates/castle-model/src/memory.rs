@@ -6,7 +6,9 @@
 //! The counts follow what each op of burn 0.21's autodiff keeps (`burn-autodiff/src/ops`): a
 //! matmul keeps both inputs, an elementwise op what its derivative reads (`tanh` and `exp` their
 //! output, a product both factors), and a host kernel or fused host op
-//! ([`crate::kernels::backend`]) host copies of its inputs and its own saved state. Under
+//! ([`crate::kernels::backend`]) its inputs and its own saved state: host copies, except that
+//! on `Flex` an f32 input is read in place (`kernels::host_array`), so an input some other op
+//! keeps too is counted once. Under
 //! `BalancedCheckpointing` burn recomputes memory-bound (elementwise, reshape) outputs in the
 //! backward pass instead of keeping them, but keeps ("backs up") every compute-bound parent of a
 //! memory-bound op until the backward pass starts. On the host-kernel path nothing elementwise is
@@ -62,10 +64,11 @@ pub struct TrainingMemory {
     pub layer_activations: u64,
     /// Kept by the attention itself (inputs it copies, output, softmax state), all layers.
     pub attention_state: u64,
-    /// Final norm, LM head and loss (the logits themselves only off the CPU).
+    /// Final norm, LM head and loss (the logits themselves only off the CPU, their gradient
+    /// only on it).
     pub head: u64,
     /// The logits' gradient, allocated at the start of the backward pass while all the above
-    /// is still alive (on CPU the fused head's `dZ`, for its one `dW` product).
+    /// is still alive (0 on CPU, where the fused head computes it in the forward pass: `head`).
     pub logits_grad: u64,
 }
 
@@ -141,9 +144,12 @@ impl ModelConfig {
                 (2 * d_model + 2) * host_e + (2 * d_model + nd + hidden) * e + 2 * hidden * host_e
             }
             // Plus the backed-up projection (RoPE is inside the attention's fused op,
-            // `crate::kernels::heads`), gate/up and residual-branch outputs.
+            // `crate::kernels::heads`), gate/up and residual-branch outputs; in f32 the
+            // backed-up gate/up are SwiGLU's inputs themselves, not copies.
             (true, true) => {
-                (2 * d_model + 2 + 2 * hidden) * host_e
+                let swiglu_copies = if e == host_e { 0 } else { 2 * hidden * host_e };
+                (2 * d_model + 2) * host_e
+                    + swiglu_copies
                     + (2 * d_model + nd + hidden + projected * nd + 2 * hidden + 2 * d_model) * e
             }
             // Per RMSNorm x, x / rms, rms, sqrt; the norm outputs; `in_proj` output (its views
@@ -203,14 +209,15 @@ impl ModelConfig {
         let attention_state = layers * (plan.batch * self.n_heads()) as u64 * per_head;
 
         // Final norm and LM-head input. On CPU the fused head and loss (`kernels::lm_loss`)
-        // keep host copies of the norm's output and of the head `W` (once, not per token) and a
-        // row log-sum-exp, never the logits; under checkpointing the norm's output is backed up
-        // (a reshape feeds the op). On GPU the logits as the loss keeps them, in f32 whatever
-        // the compute type (`exp` of log-softmax). Either way the logits' f32 gradient exists
-        // in the backward pass (`logits_grad`).
+        // keep the norm's input and `1/rms`, its output (the head's input), the head `W` (once,
+        // not per token) and the logits' f32 gradient, which the forward pass computes and
+        // the backward pass consumes, never the logits; under
+        // checkpointing the norm's output is backed up. On GPU the logits as the loss keeps
+        // them, in f32 whatever the compute type (`exp` of log-softmax), and their f32 gradient
+        // is allocated in the backward pass (`logits_grad`).
         let (head_per_token, head_once) = if host {
             let norm = (d_model + 1) * host_e;
-            let loss = (d_model + 1) * host_e;
+            let loss = d_model * host_e + vocab * 4;
             let backed_up = if plan.checkpointing { d_model * e } else { 0 };
             (norm + loss + backed_up, vocab * d_model * host_e)
         } else {
@@ -234,7 +241,7 @@ impl ModelConfig {
             layer_activations,
             attention_state,
             head: tokens * head_per_token + head_once,
-            logits_grad: tokens * vocab * 4,
+            logits_grad: if host { 0 } else { tokens * vocab * 4 },
         }
     }
 

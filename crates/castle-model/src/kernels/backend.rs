@@ -24,6 +24,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Element, TensorPrimitive};
 
 use super::device::{tracked_device, DeviceAttention, DeviceForward};
+use super::host_array::{from_host, to_host, HostArray};
 use super::host_op::{host_op_forward, tracked_op, HostOp};
 use super::{Castle, Causal, Elem, HeadsShape, HostKernel};
 use crate::attention::baseline::causal_attention;
@@ -112,15 +113,20 @@ pub trait AttentionBackend: Backend {
         }
     }
 
+    /// `x`'s values as the host kernels read them: a host copy unless the backend overrides it.
+    fn host_array<E: Elem + Element>(x: Tensor<Self, 1>) -> HostArray<E> {
+        HostArray::Owned(to_host(x))
+    }
+
     /// Runs the fused `op` on host copies of flat `inputs` (CPU backends only).
     fn host_op<K: HostOp<N>, const N: usize>(
         op: K,
         inputs: [Tensor<Self, 1>; N],
     ) -> Tensor<Self, 1> {
         if inputs[0].dtype() == DType::F64 {
-            host_op_forward::<Self, f64, K, N>(&op, inputs).0
+            host_op_forward::<Self, f64, K, N>(&op, inputs, false).0
         } else {
-            host_op_forward::<Self, f32, K, N>(&op, inputs).0
+            host_op_forward::<Self, f32, K, N>(&op, inputs, false).0
         }
     }
 }
@@ -135,6 +141,11 @@ impl AttentionBackend for NdArray<f64> {
 
 impl AttentionBackend for Flex {
     const HOST_KERNELS: bool = true;
+
+    /// Read in place: `Flex` tensors live in host memory.
+    fn host_array<E: Elem + Element>(x: Tensor<Self, 1>) -> HostArray<E> {
+        HostArray::of_flex(x.into_primitive().tensor())
+    }
 }
 
 /// A backend to train on: differentiable, and its inner (validation) backend is one too.
@@ -185,21 +196,6 @@ fn shape_of(dims: [usize; 4]) -> HeadsShape {
         len: dims[2],
         d: dims[3],
     }
-}
-
-pub(super) fn to_host<B: Backend, E: Elem + Element, const D: usize>(x: Tensor<B, D>) -> Vec<E> {
-    x.into_data()
-        .convert::<E>()
-        .into_vec()
-        .expect("converted to the kernel's element type")
-}
-
-pub(super) fn from_host<B: Backend, E: Elem + Element, const D: usize>(
-    x: Vec<E>,
-    dims: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(x, dims), device)
 }
 
 /// The forward kernel on any backend's tensors; also returns the host inputs and what the

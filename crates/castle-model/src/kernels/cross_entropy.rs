@@ -37,28 +37,54 @@ pub(super) fn check_targets(vocab: usize, targets: &[usize]) {
     }
 }
 
-/// `log sum_i exp(z_i)`, shifted by the row's maximum, each reduction in [`LANES`] lanes.
-pub(super) fn logsumexp<E: Elem>(z: &[E]) -> E {
+/// `max_i z_i` in [`LANES`] lanes.
+#[inline(always)]
+fn row_max<E: Elem>(z: &[E]) -> E {
     let chunks = z.chunks_exact(LANES);
-    let rest = chunks.remainder();
     let mut lanes = [E::neg_infinity(); LANES];
     for c in chunks.clone() {
         for (m, &v) in lanes.iter_mut().zip(c) {
             *m = m.max(v);
         }
     }
-    let max = lanes
+    lanes
         .into_iter()
-        .chain(rest.iter().copied())
-        .fold(E::neg_infinity(), E::max);
+        .chain(chunks.remainder().iter().copied())
+        .fold(E::neg_infinity(), E::max)
+}
+
+/// `sum_i f(z_i)` in [`LANES`] lanes.
+#[inline(always)]
+fn row_sum<E: Elem>(z: &[E], f: impl Fn(E) -> E) -> E {
+    let chunks = z.chunks_exact(LANES);
     let mut lanes = [E::zero(); LANES];
-    for c in chunks {
+    for c in chunks.clone() {
         for (s, &v) in lanes.iter_mut().zip(c) {
-            *s = *s + E::exp_nonpositive(v - max);
+            *s = *s + f(v);
         }
     }
-    let rest = rest.iter().map(|&v| E::exp_nonpositive(v - max));
-    let sum = lanes.into_iter().chain(rest).fold(E::zero(), |s, v| s + v);
+    let rest = chunks.remainder().iter().map(|&v| f(v));
+    lanes.into_iter().chain(rest).fold(E::zero(), |s, v| s + v)
+}
+
+/// `log sum_i exp(z_i)`, shifted by the row's maximum, each reduction in [`LANES`] lanes.
+pub(super) fn logsumexp<E: Elem>(z: &[E]) -> E {
+    let max = row_max(z);
+    max + row_sum(z, |v| E::exp_nonpositive(v - max)).ln()
+}
+
+/// A row of logits `z` turned in place into `softmax(z)`; returns `logsumexp(z)`. One `exp`
+/// per element, where [`logsumexp`] then [`softmax_grad_in_place`] take two.
+pub(super) fn softmax_in_place<E: Elem>(z: &mut [E]) -> E {
+    let max = row_max(z);
+    for v in z.iter_mut() {
+        *v = E::exp_nonpositive(*v - max);
+    }
+    let sum = row_sum(z, |v| v);
+    let inv = E::one() / sum;
+    for v in z.iter_mut() {
+        *v = *v * inv;
+    }
     max + sum.ln()
 }
 

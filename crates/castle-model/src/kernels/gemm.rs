@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use num_traits::Float;
 
 /// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
-pub trait Elem: Float + Send + Sync + Debug + 'static {
+pub trait Elem: Float + bytemuck::Pod + Send + Sync + Debug + 'static {
     fn of(x: f64) -> Self {
         Self::from(x).expect("a float converts to a float")
     }

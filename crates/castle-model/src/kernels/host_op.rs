@@ -18,8 +18,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::{DType, Element, TensorPrimitive};
+use rayon::prelude::*;
 
-use super::backend::{from_host, to_host};
+use super::backend::AttentionBackend;
+use super::host_array::{from_host, HostArray};
 use super::Elem;
 use crate::precision::to_dtype;
 
@@ -34,19 +36,35 @@ pub trait HostOp<const N: usize>: Send + Sync + Debug + 'static {
 
     fn forward<E: Elem>(&self, x: [&[E]; N]) -> (Vec<E>, Self::Saved<E>);
 
+    /// The forward pass when the backward pass will run. An op that can do part of the
+    /// backward pass's work while the forward pass's intermediates are at hand overrides it.
+    fn forward_tracked<E: Elem>(&self, x: [&[E]; N]) -> (Vec<E>, Self::Saved<E>) {
+        self.forward(x)
+    }
+
     /// Gradients of the `N` inputs (each as long as its input) given `d_out`.
     fn backward<E: Elem>(&self, x: [&[E]; N], saved: &Self::Saved<E>, d_out: &[E]) -> [Vec<E>; N];
 }
 
-/// The forward pass on any backend's tensors; also returns the host inputs and what the
-/// backward pass needs.
-pub(super) fn host_op_forward<B: Backend, E: Elem + Element, K: HostOp<N>, const N: usize>(
+/// The forward pass on any backend's tensors ([`HostOp::forward_tracked`] when `tracked`); also
+/// returns the host inputs and what the backward pass needs.
+pub(super) fn host_op_forward<B, E, K, const N: usize>(
     op: &K,
     inputs: [Tensor<B, 1>; N],
-) -> (Tensor<B, 1>, [Vec<E>; N], K::Saved<E>) {
+    tracked: bool,
+) -> (Tensor<B, 1>, [HostArray<E>; N], K::Saved<E>)
+where
+    B: AttentionBackend,
+    E: Elem + Element,
+    K: HostOp<N>,
+{
     let (device, dtype) = (inputs[0].device(), inputs[0].dtype());
-    let x = inputs.map(to_host::<B, E, 1>);
-    let (out, saved) = op.forward(x.each_ref().map(|v| v.as_slice()));
+    let x = inputs.map(B::host_array::<E>);
+    let x_ref = x.each_ref().map(|v| &**v);
+    let (out, saved) = match tracked {
+        true => op.forward_tracked(x_ref),
+        false => op.forward(x_ref),
+    };
     let len = out.len();
     (to_dtype(from_host(out, [len], &device), dtype), x, saved)
 }
@@ -57,7 +75,7 @@ struct OpBackward<K, E>(PhantomData<(K, E)>);
 #[derive(Debug)]
 struct OpState<K: HostOp<N>, E: Elem, const N: usize> {
     op: K,
-    inputs: [Vec<E>; N],
+    inputs: [HostArray<E>; N],
     saved: K::Saved<E>,
     /// The inputs' float types, which their gradients take.
     dtypes: [DType; N],
@@ -65,7 +83,7 @@ struct OpState<K: HostOp<N>, E: Elem, const N: usize> {
 
 impl<B, K, E, const N: usize> Backward<B, N> for OpBackward<K, E>
 where
-    B: Backend,
+    B: AttentionBackend,
     K: HostOp<N>,
     E: Elem + Element,
 {
@@ -76,8 +94,8 @@ where
         let d_out =
             Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
         let device = d_out.device();
-        let x = st.inputs.each_ref().map(|v| v.as_slice());
-        let host_grads = st.op.backward(x, &st.saved, &to_host(d_out));
+        let x = st.inputs.each_ref().map(|v| &**v);
+        let host_grads = st.op.backward(x, &st.saved, &B::host_array::<E>(d_out));
         for ((parent, grad), dtype) in ops.parents.into_iter().zip(host_grads).zip(st.dtypes) {
             if let Some(node) = parent {
                 let len = grad.len();
@@ -94,7 +112,7 @@ pub(super) fn tracked_op<B, C, E, K, const N: usize>(
     inputs: [Tensor<Autodiff<B, C>, 1>; N],
 ) -> Tensor<Autodiff<B, C>, 1>
 where
-    B: Backend,
+    B: AttentionBackend,
     C: CheckpointStrategy,
     E: Elem + Element,
     K: HostOp<N>,
@@ -103,27 +121,27 @@ where
     let xs = inputs.map(|x| x.into_primitive().tensor());
     let nodes = xs.each_ref().map(|x| x.node.clone());
     let inner = xs.map(|x| Tensor::from_primitive(TensorPrimitive::Float(x.primitive)));
-    let (out, inputs, saved) = host_op_forward::<B, E, K, N>(&op, inner);
-    let out = out.into_primitive().tensor();
     let backward =
         <OpBackward<K, E> as Backward<B, N>>::prepare::<C>(OpBackward(PhantomData), nodes);
     let out = match backward.compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
+            let (out, inputs, saved) = host_op_forward::<B, E, K, N>(&op, inner, true);
             let inputs = match K::BACKWARD_READS_INPUTS {
                 true => inputs,
-                false => std::array::from_fn(|_| Vec::new()),
+                false => std::array::from_fn(|_| HostArray::default()),
             };
-            prep.finish(
-                Arc::new(OpState {
-                    op,
-                    inputs,
-                    saved,
-                    dtypes,
-                }),
-                out,
-            )
+            let state = OpState {
+                op,
+                inputs,
+                saved,
+                dtypes,
+            };
+            prep.finish(Arc::new(state), out.into_primitive().tensor())
         }
-        OpsKind::UnTracked(prep) => prep.finish(out),
+        OpsKind::UnTracked(prep) => {
+            let (out, _, _) = host_op_forward::<B, E, K, N>(&op, inner, false);
+            prep.finish(out.into_primitive().tensor())
+        }
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
@@ -132,4 +150,12 @@ where
 /// outweighs rayon's scheduling and small inputs still split across cores.
 pub(crate) fn rows_per_task(width: usize) -> usize {
     (16 * 1024 / width.max(1)).max(1)
+}
+
+/// A zero-filled buffer of `len` elements, filled by rayon's workers: a large `vec![0; len]`
+/// would be one `memset` on the calling thread while the workers wait.
+pub(crate) fn zeroed<E: Elem>(len: usize) -> Vec<E> {
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(E::zero(), len));
+    v
 }

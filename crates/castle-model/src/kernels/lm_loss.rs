@@ -2,13 +2,16 @@
 //! from the final hidden state `x: [tokens, d]` and the head `W: [vocab, d]`, a chunk of rows at
 //! a time, so the `tokens x vocab` logits never exist in the forward pass: each chunk's logits
 //! are one small GEMM into a per-worker buffer, reduced to the row's log-sum-exp, which is all
-//! that is kept. The backward pass recomputes them chunk by chunk.
+//! that is kept. When the backward pass will run, the chunk's logits are turned into their
+//! gradient `softmax(z) - onehot(t)` in place and kept instead: the `tokens x vocab` array the
+//! backward pass needs anyway, computed while the logits are at hand, so the backward pass runs
+//! two products instead of three and one `exp` per logit is saved.
 
 use rayon::prelude::*;
 
-use super::cross_entropy::{check_targets, logsumexp, softmax_grad_in_place};
+use super::cross_entropy::{check_targets, logsumexp, softmax_in_place};
 use super::gemm::{gemm, Mat, MatMut};
-use super::host_op::HostOp;
+use super::host_op::{zeroed, HostOp};
 use super::Elem;
 
 /// Rows of `dW` per parallel task of the one `dW = dZ^T X` product.
@@ -67,78 +70,100 @@ impl LmHeadLoss {
 }
 
 impl HostOp<2> for LmHeadLoss {
-    /// `logsumexp` of each row's logits.
+    /// `G = softmax(x W^T) - onehot(t)`, `tokens x vocab`, from [`HostOp::forward_tracked`]
+    /// (empty after [`HostOp::forward`]).
     type Saved<E: Elem> = Vec<E>;
 
     fn forward<E: Elem>(&self, [x, w]: [&[E]; 2]) -> (Vec<E>, Vec<E>) {
         self.check(x, w);
         let n = self.targets.len();
         let chunk = chunk_rows(n, self.vocab);
-        let (mut nll, mut lse) = (vec![E::zero(); n], vec![E::zero(); n]);
+        let mut nll = vec![E::zero(); n];
         nll.par_chunks_mut(chunk)
-            .zip(lse.par_chunks_mut(chunk))
             .enumerate()
-            .for_each_init(Vec::new, |z, (c, (nll, lse))| {
+            .for_each_init(Vec::new, |z, (c, nll)| {
                 let first = c * chunk;
                 // The GEMM overwrites the buffer (beta = 0), stale values included.
                 z.resize(nll.len() * self.vocab, E::zero());
                 self.logits(x, w, first, z);
-                let rows = z.chunks_exact(self.vocab).zip(nll.iter_mut().zip(lse));
-                for (i, (z, (nll, lse))) in rows.enumerate() {
-                    *lse = logsumexp(z);
-                    *nll = *lse - z[self.targets[first + i]];
+                for (i, (z, nll)) in z.chunks_exact(self.vocab).zip(nll).enumerate() {
+                    *nll = logsumexp(z) - z[self.targets[first + i]];
                 }
             });
-        (nll, lse)
+        (nll, Vec::new())
     }
 
-    /// `dz = d_nll (softmax(z) - onehot(t))` per row, `dx = dz W` per chunk, `dW = dZ^T X`.
+    fn forward_tracked<E: Elem>(&self, [x, w]: [&[E]; 2]) -> (Vec<E>, Vec<E>) {
+        self.check(x, w);
+        let (v, n) = (self.vocab, self.targets.len());
+        let chunk = chunk_rows(n, v);
+        let (mut nll, mut g) = (vec![E::zero(); n], zeroed(n * v));
+        nll.par_chunks_mut(chunk)
+            .zip(g.par_chunks_mut(chunk * v))
+            .enumerate()
+            .for_each(|(c, (nll, g))| {
+                let first = c * chunk;
+                self.logits(x, w, first, g);
+                for (i, (z, nll)) in g.chunks_exact_mut(v).zip(nll).enumerate() {
+                    let t = self.targets[first + i];
+                    let z_t = z[t];
+                    *nll = softmax_in_place(z) - z_t;
+                    z[t] = z[t] - E::one();
+                }
+            });
+        (nll, g)
+    }
+
+    /// With `dZ = diag(d_nll) G`, the logits' gradient: `dx = dZ W`,
+    /// computed as `diag(d_nll) (G W)` a chunk of rows at a time, and `dW = dZ^T X = G^T
+    /// (diag(d_nll) X)`, one product over all rows split by rows of `dW`.
     ///
     /// `dW` is a sum over every row. Summing it per parallel task would take one `vocab x d`
     /// accumulator per task (or per worker: `workers x vocab x d`, 1.6 GB at 64 workers and
-    /// GPT-2's head), a reduction over them, and a result that depends on how rows were split.
-    /// Instead the chunks write their `dz` into one `tokens x vocab` buffer (the logits'
-    /// gradient, which the unfused path holds next to the logits themselves) and `dW` is one
-    /// product over all rows, split by rows of `dW`: deterministic whatever the thread count,
-    /// and a large GEMM (measured at 2048 x 256 x 4096: as fast per FLOP as the chunks' products,
-    /// about a fifth of this backward pass).
-    fn backward<E: Elem>(&self, [x, w]: [&[E]; 2], lse: &Vec<E>, d_nll: &[E]) -> [Vec<E>; 2] {
+    /// GPT-2's head), a reduction over them, and a result that depends on how rows were split;
+    /// one product is deterministic whatever the thread count, and a large GEMM.
+    fn backward<E: Elem>(&self, [x, w]: [&[E]; 2], g: &Vec<E>, d_nll: &[E]) -> [Vec<E>; 2] {
         let (d, v, n) = (self.d, self.vocab, self.targets.len());
+        assert_eq!(
+            g.len(),
+            n * v,
+            "LM-head loss: the backward pass needs the gradient kept by `forward_tracked`"
+        );
         let chunk = chunk_rows(n, v);
-        let mut dz = vec![E::zero(); n * v];
         let mut dx = vec![E::zero(); n * d];
-        dz.par_chunks_mut(chunk * v)
-            .zip(dx.par_chunks_mut(chunk * d))
+        dx.par_chunks_mut(chunk * d)
             .enumerate()
-            .for_each(|(c, (dz, dx))| {
+            .for_each(|(c, dx)| {
                 let (first, rows) = (c * chunk, dx.len() / d);
-                self.logits(x, w, first, dz);
-                for (r, dz) in (first..).zip(dz.chunks_exact_mut(v)) {
-                    softmax_grad_in_place(dz, lse[r], d_nll[r], self.targets[r]);
-                }
-                let dz = Mat::new(dz, rows, v, v);
                 gemm(
                     E::one(),
-                    dz,
+                    Mat::rows(g, first, rows, v),
                     Mat::new(w, v, d, d),
                     E::zero(),
                     MatMut::new(dx, rows, d, d),
                 );
+                for (dx, &s) in dx.chunks_exact_mut(d).zip(&d_nll[first..]) {
+                    dx.iter_mut().for_each(|e| *e = *e * s);
+                }
             });
         let mut dw = vec![E::zero(); v * d];
         if n == 0 {
             return [dx, dw];
         }
+        let mut xs = x.to_vec();
+        xs.par_chunks_mut(d)
+            .zip(d_nll.par_iter())
+            .for_each(|(row, &s)| row.iter_mut().for_each(|e| *e = *e * s));
         dw.par_chunks_mut(VOCAB_BLOCK * d)
             .enumerate()
             .for_each(|(block, dw)| {
                 let (first, vb) = (block * VOCAB_BLOCK, dw.len() / d);
-                // Columns `first..first + vb` of dZ, transposed: `vb x tokens`.
-                let dz_t = Mat::new(&dz[first..], n, vb, v).t();
+                // Columns `first..first + vb` of G, transposed: `vb x tokens`.
+                let g_t = Mat::new(&g[first..], n, vb, v).t();
                 gemm(
                     E::one(),
-                    dz_t,
-                    Mat::new(x, n, d, d),
+                    g_t,
+                    Mat::new(&xs, n, d, d),
                     E::zero(),
                     MatMut::new(dw, vb, d, d),
                 );

@@ -35,6 +35,7 @@ pub mod cube;
 pub mod device;
 pub mod gemm;
 pub mod heads;
+pub mod host_array;
 pub mod host_op;
 pub mod lm_loss;
 pub mod lookahead;
