@@ -3,6 +3,7 @@
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
+use crate::kernels::linear::fused_project;
 use crate::kernels::rmsnorm::RmsNormRows;
 use crate::kernels::swiglu::SwiGluGate;
 use crate::kernels::AttentionBackend;
@@ -86,11 +87,11 @@ impl<B: AttentionBackend> SwiGlu<B> {
         if !B::HOST_KERNELS {
             return self.forward_reference(x);
         }
-        let g = project(&self.gate, x.clone());
+        let g = fused_project(&self.gate, x.clone());
         let dims = g.dims();
-        let u = project(&self.up, x);
+        let u = fused_project(&self.up, x);
         let h = B::host_op(SwiGluGate, [g.reshape([-1]), u.reshape([-1])]);
-        project(&self.down, h.reshape(dims))
+        fused_project(&self.down, h.reshape(dims))
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use crate::kernels::host_op::{rows_per_task, HostOp};
+use crate::kernels::host_op::{rows_per_task, zeroed, HostOp};
 use crate::kernels::{AttentionBackend, Elem};
 
 /// cos/sin of `pos * theta^(-2k/d)` for every position below `max_len`, `[max_len, d / 2]`.
@@ -151,7 +151,7 @@ impl RopeRows {
     fn rotate<E: Elem>(&self, x: &[E], sign: f64) -> Vec<E> {
         let d = 2 * self.rope.half;
         let rows = rows_per_task(d);
-        let mut out = vec![E::zero(); x.len()];
+        let mut out = zeroed(x.len());
         out.par_chunks_mut(rows * d)
             .zip(x.par_chunks(rows * d))
             .enumerate()

@@ -1,4 +1,5 @@
-//! The fused row-wise kernels (RMSNorm, RoPE, SwiGLU's gate, softmax cross-entropy) against their
+//! The fused row-wise kernels (RMSNorm, RoPE, SwiGLU's gate, softmax cross-entropy, the linear
+//! layers' projection) against their
 //! burn tensor-op forms: values and gradients in float64 (relative error < 1e-10) at awkward
 //! sizes (one token, batch 1, odd widths), and in float32 on `Flex` (the training path, with
 //! its fast `exp`) against the float64 reference.
@@ -8,11 +9,14 @@ mod common;
 use burn::backend::ndarray::NdArray;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Param, ParamId};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use castle_model::kernels::linear::fused_project;
 use castle_model::kernels::swiglu::{sigmoid, SwiGluGate};
 use castle_model::layers::{silu, RmsNorm, SwiGlu};
 use castle_model::lm::{token_nll, token_nll_reference};
+use castle_model::precision::project;
 use castle_model::rope::Rope;
 use castle_model::AttentionBackend;
 use common::{random_vec, relative_error, rng, values};
@@ -141,6 +145,38 @@ fn check_swiglu<B: AttentionBackend + AutodiffBackend>() -> f64 {
     worst
 }
 
+/// `x W` of `[x, W]` (`W` as `[1, d_in, d_out]`) through a bias-free `Linear`, fused or burn's.
+fn linear<B: AttentionBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
+    let [_, d_in, d_out] = xs[1].dims();
+    let layer = Linear {
+        weight: Param::initialized(ParamId::new(), xs[1].clone().reshape([d_in, d_out])),
+        bias: None,
+    };
+    if fused {
+        fused_project(&layer, xs[0].clone())
+    } else {
+        project(&layer, xs[0].clone())
+    }
+}
+
+fn check_linear<B: AttentionBackend + AutodiffBackend>() -> f64 {
+    let mut worst: f64 = 0.0;
+    for (case, [b, l]) in SHAPES.into_iter().chain([[3, 50]]).enumerate() {
+        for (d_in, d_out) in [(1, 1), (13, 37), (64, 70), (70, 3)] {
+            let mut r = rng(case as u64 * 500 + d_in as u64 * 3 + d_out as u64);
+            let inputs = vec![
+                (random_vec(&mut r, b * l * d_in, 2.0), [b, l, d_in]),
+                (random_vec(&mut r, d_in * d_out, 0.5), [1, d_in, d_out]),
+            ];
+            let weights = random_vec(&mut r, b * l * d_out, 1.0);
+            let fused = output_and_grads::<B, 3>(&inputs, &weights, |x| linear(x, true));
+            let reference = output_and_grads::<F64, 3>(&inputs, &weights, |x| linear(x, false));
+            worst = worst.max(relative_error(&fused, &reference));
+        }
+    }
+    worst
+}
+
 /// The per-token NLL and the logits' gradient of `sum(weights (.) nll)`.
 fn nll_and_grad<B: AttentionBackend + AutodiffBackend>(
     logits: &[f64],
@@ -206,6 +242,12 @@ fn swiglu_gate_matches_tensor_ops_in_f64() {
 }
 
 #[test]
+fn linear_matches_burns_linear_in_f64() {
+    let err = check_linear::<F64>();
+    assert!(err < 1e-10, "relative error {err:e}");
+}
+
+#[test]
 fn cross_entropy_matches_tensor_ops_in_f64() {
     let err = check_cross_entropy::<F64>();
     assert!(err < 1e-10, "relative error {err:e}");
@@ -218,6 +260,7 @@ fn f32_kernels_on_flex_match_the_f64_reference() {
         ("rope", check_rope::<F32>()),
         ("swiglu", check_swiglu::<F32>()),
         ("cross-entropy", check_cross_entropy::<F32>()),
+        ("linear", check_linear::<F32>()),
     ] {
         assert!(err < 1e-5, "{name}: relative error {err:e}");
     }

@@ -8,6 +8,7 @@ use super::cache::CacheRows;
 use super::lookahead::scale;
 use super::{host_attention, merge_heads, split_heads, AttentionPath};
 use crate::kernels::heads::Source;
+use crate::kernels::linear::fused_project;
 use crate::kernels::{AttentionBackend, Causal};
 use crate::layers::linear;
 use crate::precision::{project, to_dtype, widen};
@@ -75,9 +76,9 @@ impl<B: AttentionBackend> CausalSelfAttention<B> {
     ) -> Tensor<B, 3> {
         match path {
             AttentionPath::Kernel { block } if B::HOST_KERNELS => {
-                let y = project(&self.qkv, x);
+                let y = fused_project(&self.qkv, x);
                 let o = host_attention(y, Causal { block }, SOURCES, self.n_heads, rope);
-                project(&self.out, o)
+                fused_project(&self.out, o)
             }
             _ => {
                 let [q, k, v] = self.project(x, rope);

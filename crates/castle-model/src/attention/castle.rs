@@ -8,6 +8,7 @@ use super::lookahead::{
 };
 use super::{host_attention, merge_heads, split_heads, AttentionPath};
 use crate::kernels::heads::Source;
+use crate::kernels::linear::fused_project;
 use crate::kernels::{AttentionBackend, Castle};
 use crate::layers::linear;
 use crate::precision::project;
@@ -86,9 +87,9 @@ impl<B: AttentionBackend> CastleAttention<B> {
                     window: self.window,
                     block,
                 };
-                let y = project(&self.in_proj, x);
+                let y = fused_project(&self.in_proj, x);
                 let o = host_attention(y, kernel, SOURCES, self.n_heads, rope);
-                project(&self.out, o)
+                fused_project(&self.out, o)
             }
             _ => self.attend_all(&self.heads(x, rope), path),
         }

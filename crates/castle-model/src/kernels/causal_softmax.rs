@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
-use super::gemm::{gemm, Elem, Mat, MatMut};
+use super::gemm::{gemm, transposed, Elem, Mat, MatMut};
 use super::sum_over_workers;
 
 /// What the forward pass keeps for the backward pass, rows padded to `g.padded()`.
@@ -50,6 +50,9 @@ pub fn forward<E: Elem>(
     lookahead: Option<&Blocks<E>>,
 ) -> SoftmaxSaved<E> {
     let (bs, d) = (g.bs, g.d);
+    // `K^T` packed once (`transposed`), not repacked by every query block's product.
+    let rows = k.len() / d;
+    let k_t = transposed(k, rows, d);
     let blocks: Vec<_> = (0..g.n)
         .into_par_iter()
         .map(|i| {
@@ -57,7 +60,7 @@ pub fn forward<E: Elem>(
             let mut z = vec![E::zero(); bs * w];
             let q_i = Mat::rows(q, i * bs, bs, d);
             let zm = MatMut::new(&mut z, bs, w, w);
-            gemm(g.scale(), q_i, Mat::rows(k, 0, w, d).t(), E::zero(), zm);
+            gemm(g.scale(), q_i, Mat::new(&k_t, d, w, rows), E::zero(), zm);
             // z -= SiLU(S_U), keeping SiLU'(S_U) = sigmoid (1 + x (1 - sigmoid)).
             let mut silu_grad = vec![];
             if let Some(su) = lookahead {
@@ -165,6 +168,9 @@ pub fn backward<E: Elem>(
     let (bs, d) = (g.bs, g.d);
     let s: E = g.scale();
     let len = g.padded() * d;
+    // `V^T` packed once, as `K^T` in the forward pass.
+    let rows = v.len() / d;
+    let v_t = transposed(v, rows, d);
     let partial = sum_over_workers(
         g.n,
         || Partial::zeros(len),
@@ -175,11 +181,10 @@ pub fn backward<E: Elem>(
             let dz = &mut acc.dz;
             dz.resize(bs * w, E::zero()); // overwritten by the product below
             let d_out_i = Mat::rows(d_out, i * bs, bs, d);
-            let v_all = Mat::rows(v, 0, w, d);
             gemm(
                 E::one(),
                 d_out_i,
-                v_all.t(),
+                Mat::new(&v_t, d, w, rows),
                 E::zero(),
                 MatMut::new(dz.as_mut_slice(), bs, w, w),
             );

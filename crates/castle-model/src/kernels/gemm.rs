@@ -4,6 +4,9 @@
 use std::fmt::Debug;
 
 use num_traits::Float;
+use rayon::prelude::*;
+
+use super::host_op::zeroed;
 
 /// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
 pub trait Elem: Float + bytemuck::Pod + Send + Sync + Debug + 'static {
@@ -172,6 +175,33 @@ pub fn gemm<E: Elem>(alpha: E, a: Mat<E>, b: Mat<E>, beta: E, c: MatMut<E>) {
     }
 }
 
+/// `a^T` packed: `cols x rows` from the packed row-major `rows x cols` matrix `a`, in parallel
+/// tiles. The `gemm` crate repacks a row-major left factor in every call (its microkernel reads
+/// the left factor by columns); a factor that many calls share is cheaper transposed once, as
+/// `Mat::new(&a_t, cols, rows, rows).t()`.
+pub fn transposed<E: Elem>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
+    const TILE: usize = 32;
+    assert_eq!(
+        a.len(),
+        rows * cols,
+        "transpose of a {rows} x {cols} matrix"
+    );
+    let mut t = zeroed(a.len());
+    t.par_chunks_mut(TILE * rows.max(1))
+        .enumerate()
+        .for_each(|(tile, t)| {
+            let c0 = tile * TILE;
+            for r0 in (0..rows).step_by(TILE) {
+                for c in c0..c0 + t.len() / rows {
+                    for r in r0..(r0 + TILE).min(rows) {
+                        t[(c - c0) * rows + r] = a[r * cols + c];
+                    }
+                }
+            }
+        });
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +231,22 @@ mod tests {
         let m = Mat::new(&a, 2, 3, 3);
         gemm(1.0, m, m.t(), 0.5, MatMut::new(&mut c, 2, 2, 2));
         assert_eq!(c, [14.5, 32.5, 32.5, 77.5]);
+    }
+
+    #[test]
+    fn transposed_moves_every_element() {
+        for (rows, cols) in [(0, 3), (1, 1), (1, 70), (37, 70), (70, 33)] {
+            let a: Vec<f64> = (0..rows * cols).map(|i| i as f64).collect();
+            let t = transposed(&a, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        a[r * cols + c],
+                        "{rows} x {cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::host_op::{rows_per_task, HostOp};
+use super::host_op::{rows_per_task, zeroed, HostOp};
 use super::{Elem, HeadsShape, HostKernel};
 use crate::rope::RopeRows;
 
@@ -99,7 +99,7 @@ impl<K: HostKernel<N>, const N: usize> Projected<K, N> {
     /// The kernel's `N` inputs, `[N, batch * heads, len, d]`, from the projection `y`.
     fn gather<E: Elem>(&self, y: &[E]) -> Vec<E> {
         let (len, d, bh_count) = (self.len(), self.d, self.batch * self.heads);
-        let mut x = vec![E::zero(); N * self.size()];
+        let mut x = zeroed(N * self.size());
         x.par_chunks_mut(len * d)
             .with_min_len(rows_per_task(len * d))
             .enumerate()
@@ -123,7 +123,7 @@ impl<K: HostKernel<N>, const N: usize> Projected<K, N> {
     fn scatter<E: Elem>(&self, dx: &[Vec<E>; N]) -> Vec<E> {
         let (len, d) = (self.len(), self.d);
         let width = self.parts * self.heads * d;
-        let mut dy = vec![E::zero(); self.batch * len * width];
+        let mut dy = zeroed(self.batch * len * width);
         dy.par_chunks_mut(width)
             .with_min_len(rows_per_task(width))
             .enumerate()
@@ -150,7 +150,7 @@ impl<K: HostKernel<N>, const N: usize> Projected<K, N> {
     /// `[batch * heads, len, d]` -> `[batch, len, heads * d]`.
     fn merge<E: Elem>(&self, o: &[E]) -> Vec<E> {
         let (len, d, width) = (self.len(), self.d, self.heads * self.d);
-        let mut out = vec![E::zero(); self.size()];
+        let mut out = zeroed(self.size());
         out.par_chunks_mut(width)
             .with_min_len(rows_per_task(width))
             .enumerate()
@@ -166,7 +166,7 @@ impl<K: HostKernel<N>, const N: usize> Projected<K, N> {
     /// The transpose of [`Self::merge`]: `[batch, len, heads * d]` -> `[batch * heads, len, d]`.
     fn split<E: Elem>(&self, out: &[E]) -> Vec<E> {
         let (len, d, width) = (self.len(), self.d, self.heads * self.d);
-        let mut o = vec![E::zero(); self.size()];
+        let mut o = zeroed(self.size());
         o.par_chunks_mut(len * d)
             .with_min_len(rows_per_task(len * d))
             .enumerate()

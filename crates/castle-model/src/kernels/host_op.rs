@@ -152,10 +152,18 @@ pub(crate) fn rows_per_task(width: usize) -> usize {
     (16 * 1024 / width.max(1)).max(1)
 }
 
-/// A zero-filled buffer of `len` elements, filled by rayon's workers: a large `vec![0; len]`
-/// would be one `memset` on the calling thread while the workers wait.
+/// A zero-filled buffer of `len` elements, filled in parallel by rayon's workers: a large
+/// `vec![0; len]` is one `memset` on the calling thread while the workers wait.
 pub(crate) fn zeroed<E: Elem>(len: usize) -> Vec<E> {
     let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(E::zero(), len));
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(64 * 1024)
+        .for_each(|c| {
+            for x in c {
+                x.write(E::zero());
+            }
+        });
+    // SAFETY: the first `len` elements were all written just above.
+    unsafe { v.set_len(len) };
     v
 }

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::cross_entropy::{check_targets, logsumexp, softmax_in_place};
-use super::gemm::{gemm, Mat, MatMut};
+use super::gemm::{gemm, transposed, Mat, MatMut};
 use super::host_op::{zeroed, HostOp};
 use super::Elem;
 
@@ -54,15 +54,15 @@ impl LmHeadLoss {
         );
     }
 
-    /// Logits `x[first..first + rows] W^T` into `z` (`rows x vocab`).
-    fn logits<E: Elem>(&self, x: &[E], w: &[E], first: usize, z: &mut [E]) {
+    /// Logits `x[first..first + rows] W^T` into `z` (`rows x vocab`), given `w_t = W^T`
+    /// packed (`d x vocab`: see `transposed`).
+    fn logits<E: Elem>(&self, x: &[E], w_t: &[E], first: usize, z: &mut [E]) {
         let (d, v) = (self.d, self.vocab);
         let rows = z.len() / v;
-        let w = Mat::new(w, v, d, d).t();
         gemm(
             E::one(),
             Mat::rows(x, first, rows, d),
-            w,
+            Mat::new(w_t, d, v, v),
             E::zero(),
             MatMut::new(z, rows, v, v),
         );
@@ -78,6 +78,7 @@ impl HostOp<2> for LmHeadLoss {
         self.check(x, w);
         let n = self.targets.len();
         let chunk = chunk_rows(n, self.vocab);
+        let w_t = transposed(w, self.vocab, self.d);
         let mut nll = vec![E::zero(); n];
         nll.par_chunks_mut(chunk)
             .enumerate()
@@ -85,7 +86,7 @@ impl HostOp<2> for LmHeadLoss {
                 let first = c * chunk;
                 // The GEMM overwrites the buffer (beta = 0), stale values included.
                 z.resize(nll.len() * self.vocab, E::zero());
-                self.logits(x, w, first, z);
+                self.logits(x, &w_t, first, z);
                 for (i, (z, nll)) in z.chunks_exact(self.vocab).zip(nll).enumerate() {
                     *nll = logsumexp(z) - z[self.targets[first + i]];
                 }
@@ -97,13 +98,14 @@ impl HostOp<2> for LmHeadLoss {
         self.check(x, w);
         let (v, n) = (self.vocab, self.targets.len());
         let chunk = chunk_rows(n, v);
+        let w_t = transposed(w, v, self.d);
         let (mut nll, mut g) = (vec![E::zero(); n], zeroed(n * v));
         nll.par_chunks_mut(chunk)
             .zip(g.par_chunks_mut(chunk * v))
             .enumerate()
             .for_each(|(c, (nll, g))| {
                 let first = c * chunk;
-                self.logits(x, w, first, g);
+                self.logits(x, &w_t, first, g);
                 for (i, (z, nll)) in g.chunks_exact_mut(v).zip(nll).enumerate() {
                     let t = self.targets[first + i];
                     let z_t = z[t];
@@ -130,7 +132,7 @@ impl HostOp<2> for LmHeadLoss {
             "LM-head loss: the backward pass needs the gradient kept by `forward_tracked`"
         );
         let chunk = chunk_rows(n, v);
-        let mut dx = vec![E::zero(); n * d];
+        let mut dx = zeroed(n * d);
         dx.par_chunks_mut(chunk * d)
             .enumerate()
             .for_each(|(c, dx)| {

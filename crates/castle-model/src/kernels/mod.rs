@@ -18,6 +18,8 @@
 //!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain;
 //!   [`lm_loss`] fuses the LM head's product into the cross-entropy, a chunk of rows at a time,
 //!   so training never holds the `tokens x vocab` logits.
+//! - [`linear`]: the layers' projections as such ops, so that no product runs through burn-flex's
+//!   matmul, whose output allocation is two serial passes on the calling thread.
 //! - [`heads`]: an attention kernel as one such op from its layer's projection to its merged
 //!   output, splitting heads, RoPE and merging heads included.
 //!
@@ -37,6 +39,7 @@ pub mod gemm;
 pub mod heads;
 pub mod host_array;
 pub mod host_op;
+pub mod linear;
 pub mod lm_loss;
 pub mod lookahead;
 pub mod rmsnorm;

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::host_op::{rows_per_task, HostOp};
+use super::host_op::{rows_per_task, zeroed, HostOp};
 use super::Elem;
 
 /// RMSNorm of rows of width `d`; inputs `[x, gamma]`, `x` a whole number of rows.
@@ -26,7 +26,7 @@ impl HostOp<2> for RmsNormRows {
             x.len()
         );
         let rows = rows_per_task(d);
-        let mut out = vec![E::zero(); x.len()];
+        let mut out = zeroed(x.len());
         let mut rstd = vec![E::zero(); x.len() / d];
         out.par_chunks_mut(rows * d)
             .zip(rstd.par_chunks_mut(rows))
@@ -47,7 +47,7 @@ impl HostOp<2> for RmsNormRows {
     fn backward<E: Elem>(&self, [x, gamma]: [&[E]; 2], rstd: &Vec<E>, dy: &[E]) -> [Vec<E>; 2] {
         let d = self.d;
         let rows = rows_per_task(d);
-        let mut dx = vec![E::zero(); x.len()];
+        let mut dx = zeroed(x.len());
         let d_gamma = dx
             .par_chunks_mut(rows * d)
             .zip(rstd.par_chunks(rows))

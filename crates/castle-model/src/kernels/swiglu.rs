@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::host_op::HostOp;
+use super::host_op::{zeroed, HostOp};
 use super::Elem;
 
 /// Elements per parallel task.
@@ -35,7 +35,7 @@ impl HostOp<2> for SwiGluGate {
             u.len(),
             "SwiGLU gate and up projections differ in size"
         );
-        let mut out = vec![E::zero(); g.len()];
+        let mut out = zeroed(g.len());
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(o, (g, u))| {
@@ -48,7 +48,7 @@ impl HostOp<2> for SwiGluGate {
 
     /// `d g = d u s (1 + g (1 - s))`, `d u = d g s` with `s = sigmoid(g)`.
     fn backward<E: Elem>(&self, [g, u]: [&[E]; 2], _: &(), d_out: &[E]) -> [Vec<E>; 2] {
-        let (mut dg, mut du) = (vec![E::zero(); g.len()], vec![E::zero(); g.len()]);
+        let (mut dg, mut du) = (zeroed(g.len()), zeroed(g.len()));
         dg.par_chunks_mut(CHUNK)
             .zip(du.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))

@@ -1,0 +1,126 @@
+//! A bias-free linear layer `y = x W` (`x: [tokens, d_in]`, `W: [d_in, d_out]`, burn's `Linear`
+//! layout) as one host op on CPU, forward and backward.
+//!
+//! burn-flex's matmul allocates each output zero-filled and then copies it to realign it, both on
+//! the calling thread while rayon's workers wait, and sums the weight gradient of a batched
+//! product over the batch in another pass; those serial passes were a third of the main
+//! thread's samples in a training step. Here every product is split into row blocks, each
+//! block one single-threaded GEMM on a worker, writing its own part of a buffer the workers
+//! zero-filled.
+
+use burn::nn::Linear;
+use burn::prelude::*;
+use rayon::prelude::*;
+
+use super::gemm::{gemm, transposed, Mat, MatMut};
+use super::host_op::{zeroed, HostOp};
+use super::{AttentionBackend, Elem};
+use crate::precision::project;
+
+/// Rows per parallel task: about four tasks per worker, at least 32 rows (each task packs its
+/// other factor, which its rows amortise).
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads()).max(32)
+}
+
+/// `x W` for `x` a whole number of rows of `d_in`; inputs `[x, W]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearRows {
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+impl LinearRows {
+    /// Rows of `x`, after checking both inputs' sizes.
+    fn rows<E>(&self, x: &[E], w: &[E]) -> usize {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        assert!(
+            d_in > 0 && x.len() % d_in == 0 && w.len() == d_in * d_out,
+            "linear: {} inputs for rows of {d_in}, weight of {} values for {d_in} x {d_out}",
+            x.len(),
+            w.len()
+        );
+        x.len() / d_in
+    }
+}
+
+impl HostOp<2> for LinearRows {
+    type Saved<E: Elem> = ();
+
+    fn forward<E: Elem>(&self, [x, w]: [&[E]; 2]) -> (Vec<E>, ()) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let n = self.rows(x, w);
+        let mut y = zeroed(n * d_out);
+        let task = rows_per_task(n);
+        y.par_chunks_mut(task * d_out.max(1))
+            .enumerate()
+            .for_each(|(t, y)| {
+                let rows = y.len() / d_out;
+                gemm(
+                    E::one(),
+                    Mat::rows(x, t * task, rows, d_in),
+                    Mat::new(w, d_in, d_out, d_out),
+                    E::zero(),
+                    MatMut::new(y, rows, d_out, d_out),
+                );
+            });
+        (y, ())
+    }
+
+    /// `dx = dy W^T` by row blocks of `dx`; `dW = x^T dy` by row blocks of `dW`, each a sum
+    /// over every token in one product (the same result whatever the thread count).
+    fn backward<E: Elem>(&self, [x, w]: [&[E]; 2], _: &(), dy: &[E]) -> [Vec<E>; 2] {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let n = self.rows(x, w);
+        let mut dx = zeroed(n * d_in);
+        let task = rows_per_task(n);
+        // `W^T` packed once (see `transposed`), not repacked by every task.
+        let w_t = transposed(w, d_in, d_out);
+        dx.par_chunks_mut(task * d_in)
+            .enumerate()
+            .for_each(|(t, dx)| {
+                let rows = dx.len() / d_in;
+                gemm(
+                    E::one(),
+                    Mat::rows(dy, t * task, rows, d_out),
+                    Mat::new(&w_t, d_out, d_in, d_in),
+                    E::zero(),
+                    MatMut::new(dx, rows, d_in, d_in),
+                );
+            });
+        let mut dw = zeroed(d_in * d_out);
+        let block = d_in.div_ceil(4 * rayon::current_num_threads()).max(8);
+        dw.par_chunks_mut(block * d_out.max(1))
+            .enumerate()
+            .for_each(|(b, dw)| {
+                let (first, rows) = (b * block, dw.len() / d_out);
+                // Columns `first..first + rows` of x, transposed: `rows x n`.
+                let x_t = Mat::new(&x[first..], n, rows, d_in).t();
+                gemm(
+                    E::one(),
+                    x_t,
+                    Mat::new(dy, n, d_out, d_out),
+                    E::zero(),
+                    MatMut::new(dw, rows, d_out, d_out),
+                );
+            });
+        [dx, dw]
+    }
+}
+
+/// `layer`'s projection of `x` on the fused path: [`LinearRows`] on CPU, [`project`] with burn's
+/// ops elsewhere, with a bias, or in a compute type other than the weight's (bf16: the host op
+/// would keep an f32 copy of `x`, twice burn's bf16 one).
+pub fn fused_project<B: AttentionBackend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    if !B::HOST_KERNELS || layer.bias.is_some() || x.dtype() != layer.weight.dtype() {
+        return project(layer, x);
+    }
+    let [d_in, d_out] = layer.weight.dims();
+    let mut dims = x.dims();
+    dims[D - 1] = d_out;
+    let op = LinearRows { d_in, d_out };
+    B::host_op(op, [x.reshape([-1]), layer.weight.val().reshape([-1])]).reshape(dims)
+}
