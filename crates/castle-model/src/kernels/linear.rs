@@ -35,7 +35,7 @@ impl LinearRows {
     fn rows<E>(&self, x: &[E], w: &[E]) -> usize {
         let (d_in, d_out) = (self.d_in, self.d_out);
         assert!(
-            d_in > 0 && x.len() % d_in == 0 && w.len() == d_in * d_out,
+            d_in > 0 && x.len().is_multiple_of(d_in) && w.len() == d_in * d_out,
             "linear: {} inputs for rows of {d_in}, weight of {} values for {d_in} x {d_out}",
             x.len(),
             w.len()
