@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::cross_entropy::{check_targets, logsumexp, softmax_grad_in_place};
 use super::gemm::{gemm, Mat, MatMut};
 use super::host_op::HostOp;
+use super::simd::vectorized;
 use super::Elem;
 
 /// Rows of `dW` per parallel task of the one `dW = dZ^T X` product.
@@ -84,10 +85,15 @@ impl HostOp<2> for LmHeadLoss {
                 z.resize(nll.len() * self.vocab, E::zero());
                 self.logits(x, w, first, z);
                 let rows = z.chunks_exact(self.vocab).zip(nll.iter_mut().zip(lse));
-                for (i, (z, (nll, lse))) in rows.enumerate() {
-                    *lse = logsumexp(z);
-                    *nll = *lse - z[self.targets[first + i]];
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (i, (z, (nll, lse))) in rows.enumerate() {
+                            *lse = logsumexp(z);
+                            *nll = *lse - z[self.targets[first + i]];
+                        }
+                    },
+                );
             });
         (nll, lse)
     }
@@ -113,9 +119,14 @@ impl HostOp<2> for LmHeadLoss {
             .for_each(|(c, (dz, dx))| {
                 let (first, rows) = (c * chunk, dx.len() / d);
                 self.logits(x, w, first, dz);
-                for (r, dz) in (first..).zip(dz.chunks_exact_mut(v)) {
-                    softmax_grad_in_place(dz, lse[r], d_nll[r], self.targets[r]);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (r, dz) in (first..).zip(dz.chunks_exact_mut(v)) {
+                            softmax_grad_in_place(dz, lse[r], d_nll[r], self.targets[r]);
+                        }
+                    },
+                );
                 let dz = Mat::new(dz, rows, v, v);
                 gemm(
                     E::one(),

@@ -18,6 +18,8 @@
 //!   [`cross_entropy`]): one parallel pass each way instead of burn's single-threaded op chain;
 //!   [`lm_loss`] fuses the LM head's product into the cross-entropy, a chunk of rows at a time,
 //!   so training never holds the `tokens x vocab` logits.
+//! - [`simd`]: runs their elementwise loops at the CPU's widest SIMD (AVX-512, AVX2), chosen at
+//!   run time.
 //! - [`heads`]: an attention kernel as one such op from its layer's projection to its merged
 //!   output, splitting heads, RoPE and merging heads included.
 //!
@@ -39,6 +41,7 @@ pub mod host_op;
 pub mod lm_loss;
 pub mod lookahead;
 pub mod rmsnorm;
+pub mod simd;
 pub mod swiglu;
 
 pub use backend::{AttentionBackend, TrainBackend};
