@@ -18,6 +18,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use crate::kernels::host_op::{rows_per_task, zeroed, HostOp};
+use crate::kernels::simd::vectorized;
 use crate::kernels::{AttentionBackend, Elem};
 
 /// cos/sin of `pos * theta^(-2k/d)` for every position below `max_len`, `[max_len, d / 2]`.
@@ -156,15 +157,21 @@ impl RopeRows {
             .zip(x.par_chunks(rows * d))
             .enumerate()
             .for_each(|(task, (out, x))| {
-                for (i, (y, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
-                    self.rotate_row(x, y, (task * rows + i) % self.len, sign);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (i, (y, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                            self.rotate_row(x, y, (task * rows + i) % self.len, sign);
+                        }
+                    },
+                )
             });
         out
     }
 
     /// Rotates the row `x` of the `t`-th position (`start + t`) into `y` by `sign` times its
-    /// angle.
+    /// angle. Inlined, so that a caller's [`vectorized`] loop compiles it at its SIMD width.
+    #[inline(always)]
     pub(crate) fn rotate_row<E: Elem>(&self, x: &[E], y: &mut [E], t: usize, sign: f64) {
         let half = self.rope.half;
         let pos = self.start + t;

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
 use super::gemm::{gemm, transposed, Elem, Mat, MatMut};
+use super::simd::{fold_lanes, vectorized};
 use super::sum_over_workers;
 
 /// What the forward pass keeps for the backward pass, rows padded to `g.padded()`.
@@ -41,6 +42,38 @@ pub fn sigmoid<E: Elem>(x: E) -> E {
     num / (E::one() + t)
 }
 
+/// `z -= SiLU(S_U)` on block `(I, jb)` of query block `I`'s logits `z` (`bs` rows), given that
+/// block of `S_U`; returns the block's `SiLU'(S_U) = sigmoid (1 + x (1 - sigmoid))`.
+#[inline(always)]
+fn subtract_silu<E: Elem>(z: &mut [E], su: &[E], jb: usize, bs: usize) -> Vec<E> {
+    let w = z.len() / bs;
+    let mut grad = vec![E::zero(); bs * bs];
+    for r in 0..bs {
+        let row = &mut z[r * w + jb * bs..r * w + (jb + 1) * bs];
+        let cols = r * bs..(r + 1) * bs;
+        for ((zc, &x), dg) in row.iter_mut().zip(&su[cols.clone()]).zip(&mut grad[cols]) {
+            let sg = sigmoid(x);
+            *zc = *zc - x * sg;
+            *dg = sg * (E::one() + x * (E::one() - sg));
+        }
+    }
+    grad
+}
+
+/// The causal mask and softmax, in place, of query block `I`'s logits `z` (`bs` rows).
+#[inline(always)]
+fn softmax_rows<E: Elem>(z: &mut [E], i: usize, bs: usize) {
+    let w = z.len() / bs;
+    for (r, row) in z.chunks_mut(w).enumerate() {
+        row[i * bs + r + 1..].fill(E::zero()); // causal mask
+        let row = &mut row[..i * bs + r + 1];
+        let m = fold_lanes(row, E::neg_infinity(), E::max, E::max);
+        row.iter_mut().for_each(|x| *x = E::exp_nonpositive(*x - m));
+        let sum = fold_lanes(row, E::zero(), |a, b| a + b, |a, b| a + b);
+        row.iter_mut().for_each(|x| *x = *x / sum);
+    }
+}
+
 /// Forward pass of one head: `out = softmax(logits) V`.
 pub fn forward<E: Elem>(
     g: &Blocking,
@@ -61,36 +94,21 @@ pub fn forward<E: Elem>(
             let q_i = Mat::rows(q, i * bs, bs, d);
             let zm = MatMut::new(&mut z, bs, w, w);
             gemm(g.scale(), q_i, Mat::new(&k_t, d, w, rows), E::zero(), zm);
-            // z -= SiLU(S_U), keeping SiLU'(S_U) = sigmoid (1 + x (1 - sigmoid)).
-            let mut silu_grad = vec![];
-            if let Some(su) = lookahead {
-                for jb in 0..=i {
-                    let block = su.get(i, jb);
-                    let mut grad = vec![E::zero(); bs * bs];
-                    for r in 0..bs {
-                        let row = &mut z[r * w + jb * bs..r * w + (jb + 1) * bs];
-                        let cols = r * bs..(r + 1) * bs;
-                        for ((zc, &x), dg) in row
-                            .iter_mut()
-                            .zip(&block[cols.clone()])
-                            .zip(&mut grad[cols])
-                        {
-                            let sg = sigmoid(x);
-                            *zc = *zc - x * sg;
-                            *dg = sg * (E::one() + x * (E::one() - sg));
+            let silu_grad = vectorized(
+                #[inline(always)]
+                || {
+                    // Loops, not `map` + `collect`: a closure that `collect` calls may be compiled
+                    // on its own, outside the dispatched code.
+                    let mut silu_grad = Vec::new();
+                    if let Some(su) = lookahead {
+                        for jb in 0..=i {
+                            silu_grad.push(subtract_silu(&mut z, su.get(i, jb), jb, bs));
                         }
                     }
-                    silu_grad.push(grad);
-                }
-            }
-            for (r, row) in z.chunks_mut(w).enumerate() {
-                row[i * bs + r + 1..].fill(E::zero()); // causal mask
-                let row = &mut row[..i * bs + r + 1];
-                let m = row.iter().copied().fold(E::neg_infinity(), E::max);
-                row.iter_mut().for_each(|x| *x = E::exp_nonpositive(*x - m));
-                let sum = row.iter().fold(E::zero(), |acc, &x| acc + x);
-                row.iter_mut().for_each(|x| *x = *x / sum);
-            }
+                    softmax_rows(&mut z, i, bs);
+                    silu_grad
+                },
+            );
             let mut out = vec![E::zero(); bs * d];
             let p = Mat::new(&z, bs, w, w);
             gemm(
@@ -188,14 +206,20 @@ pub fn backward<E: Elem>(
                 E::zero(),
                 MatMut::new(dz.as_mut_slice(), bs, w, w),
             );
-            for r in 0..bs {
-                let o = &saved.out[(i * bs + r) * d..(i * bs + r + 1) * d];
-                let dor = &d_out[(i * bs + r) * d..(i * bs + r + 1) * d];
-                let delta = o.iter().zip(dor).fold(E::zero(), |a, (&x, &y)| a + x * y);
-                for c in 0..w {
-                    dz[r * w + c] = p[r * w + c] * (dz[r * w + c] - delta);
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let block = i * bs * d..(i + 1) * bs * d;
+                    let o = saved.out[block.clone()].chunks_exact(d);
+                    let rows = dz.chunks_exact_mut(w).zip(p.chunks_exact(w));
+                    for ((dz, p), (o, dor)) in rows.zip(o.zip(d_out[block].chunks_exact(d))) {
+                        let delta = o.iter().zip(dor).fold(E::zero(), |a, (&x, &y)| a + x * y);
+                        for (dz, &p) in dz.iter_mut().zip(p) {
+                            *dz = p * (*dz - delta);
+                        }
+                    }
+                },
+            );
             let (p, dz_m) = (Mat::new(p, bs, w, w), Mat::new(dz, bs, w, w));
             let k_all = Mat::rows(k, 0, w, d);
             gemm(
@@ -222,18 +246,26 @@ pub fn backward<E: Elem>(
             );
             if let Some(silu_grad) = &saved.silu_grad {
                 // dS_U = -dZ (.) SiLU'(S_U), block by block along the row.
-                let row = (0..=i)
-                    .map(|jb| {
-                        let block = silu_grad.get(i, jb);
-                        let mut out = vec![E::zero(); bs * bs];
-                        for r in 0..bs {
-                            for c in 0..bs {
-                                out[r * bs + c] = -dz[r * w + jb * bs + c] * block[r * bs + c];
+                let mut row = Vec::with_capacity(i + 1);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for jb in 0..=i {
+                            let cols = jb * bs..(jb + 1) * bs;
+                            let mut out = vec![E::zero(); bs * bs];
+                            let rows = out.chunks_exact_mut(bs).zip(dz.chunks_exact(w));
+                            for ((out, dz), grad) in rows.zip(silu_grad.get(i, jb).chunks_exact(bs))
+                            {
+                                for ((o, &g), &sg) in
+                                    out.iter_mut().zip(&dz[cols.clone()]).zip(grad)
+                                {
+                                    *o = -g * sg;
+                                }
                             }
+                            row.push(out);
                         }
-                        out
-                    })
-                    .collect();
+                    },
+                );
                 acc.d_lookahead_rows.push((i, row));
             }
         },

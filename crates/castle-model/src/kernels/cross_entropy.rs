@@ -8,12 +8,8 @@
 use rayon::prelude::*;
 
 use super::host_op::{rows_per_task, HostOp};
+use super::simd::{fold_lanes, vectorized};
 use super::Elem;
-
-/// Independent accumulators per row reduction: a float sum or max in one accumulator is a
-/// serial chain LLVM may not reorder, so it compiles to scalar code; eight lanes compile to
-/// packed (SIMD) instructions.
-const LANES: usize = 8;
 
 /// Cross-entropy of rows of `vocab` logits against `targets`, one per row.
 #[derive(Debug, Clone)]
@@ -37,50 +33,30 @@ pub(super) fn check_targets(vocab: usize, targets: &[usize]) {
     }
 }
 
-/// `max_i z_i` in [`LANES`] lanes.
+/// `log sum_i exp(z_i)`, shifted by the row's maximum, each reduction in [`fold_lanes`]' lanes.
+/// Inlined, so that a caller's [`vectorized`] loop compiles it at its SIMD width.
 #[inline(always)]
-fn row_max<E: Elem>(z: &[E]) -> E {
-    let chunks = z.chunks_exact(LANES);
-    let mut lanes = [E::neg_infinity(); LANES];
-    for c in chunks.clone() {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = m.max(v);
-        }
-    }
-    lanes
-        .into_iter()
-        .chain(chunks.remainder().iter().copied())
-        .fold(E::neg_infinity(), E::max)
-}
-
-/// `sum_i f(z_i)` in [`LANES`] lanes.
-#[inline(always)]
-fn row_sum<E: Elem>(z: &[E], f: impl Fn(E) -> E) -> E {
-    let chunks = z.chunks_exact(LANES);
-    let mut lanes = [E::zero(); LANES];
-    for c in chunks.clone() {
-        for (s, &v) in lanes.iter_mut().zip(c) {
-            *s = *s + f(v);
-        }
-    }
-    let rest = chunks.remainder().iter().map(|&v| f(v));
-    lanes.into_iter().chain(rest).fold(E::zero(), |s, v| s + v)
-}
-
-/// `log sum_i exp(z_i)`, shifted by the row's maximum, each reduction in [`LANES`] lanes.
 pub(super) fn logsumexp<E: Elem>(z: &[E]) -> E {
-    let max = row_max(z);
-    max + row_sum(z, |v| E::exp_nonpositive(v - max)).ln()
+    let max = fold_lanes(z, E::neg_infinity(), E::max, E::max);
+    let sum = fold_lanes(
+        z,
+        E::zero(),
+        |s, v| s + E::exp_nonpositive(v - max),
+        |a, b| a + b,
+    );
+    max + sum.ln()
 }
 
 /// A row of logits `z` turned in place into `softmax(z)`; returns `logsumexp(z)`. One `exp`
-/// per element, where [`logsumexp`] then [`softmax_grad_in_place`] take two.
+/// per element, where [`logsumexp`] then [`softmax_grad_in_place`] take two. Inlined, as
+/// [`logsumexp`] is.
+#[inline(always)]
 pub(super) fn softmax_in_place<E: Elem>(z: &mut [E]) -> E {
-    let max = row_max(z);
+    let max = fold_lanes(z, E::neg_infinity(), E::max, E::max);
     for v in z.iter_mut() {
         *v = E::exp_nonpositive(*v - max);
     }
-    let sum = row_sum(z, |v| v);
+    let sum = fold_lanes(z, E::zero(), |s, v| s + v, |a, b| a + b);
     let inv = E::one() / sum;
     for v in z.iter_mut() {
         *v = *v * inv;
@@ -89,7 +65,8 @@ pub(super) fn softmax_in_place<E: Elem>(z: &mut [E]) -> E {
 }
 
 /// A row of logits `z` (with log-sum-exp `lse`) turned in place into the gradient of
-/// `d_nll * nll`: `d_nll (softmax(z) - onehot(target))`.
+/// `d_nll * nll`: `d_nll (softmax(z) - onehot(target))`. Inlined, as [`logsumexp`] is.
+#[inline(always)]
 pub(super) fn softmax_grad_in_place<E: Elem>(z: &mut [E], lse: E, d_nll: E, target: usize) {
     for z in z.iter_mut() {
         *z = d_nll * E::exp_nonpositive(*z - lse);
@@ -110,7 +87,15 @@ impl HostOp<1> for CrossEntropyRows {
             z.len(),
             self.targets.len()
         );
-        let lse: Vec<E> = z.par_chunks(v).map(logsumexp).collect();
+        let lse: Vec<E> = z
+            .par_chunks(v)
+            .map(|z| {
+                vectorized(
+                    #[inline(always)]
+                    || logsumexp(z),
+                )
+            })
+            .collect();
         let nll = lse
             .iter()
             .zip(z.chunks(v).zip(&self.targets))
@@ -126,9 +111,14 @@ impl HostOp<1> for CrossEntropyRows {
         dz.par_chunks_mut(rows * v)
             .enumerate()
             .for_each(|(task, dz)| {
-                for (r, dz) in (task * rows..).zip(dz.chunks_mut(v)) {
-                    softmax_grad_in_place(dz, lse[r], d_nll[r], self.targets[r]);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (r, dz) in (task * rows..).zip(dz.chunks_mut(v)) {
+                            softmax_grad_in_place(dz, lse[r], d_nll[r], self.targets[r]);
+                        }
+                    },
+                )
             });
         [dz]
     }

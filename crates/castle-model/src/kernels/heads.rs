@@ -27,6 +27,7 @@
 use rayon::prelude::*;
 
 use super::host_op::{rows_per_task, zeroed, HostOp};
+use super::simd::vectorized;
 use super::{Elem, HeadsShape, HostKernel};
 use crate::rope::RopeRows;
 
@@ -107,13 +108,18 @@ impl<K: HostKernel<N>, const N: usize> Projected<K, N> {
                 let (Source { part, rotated }, bh) =
                     (self.sources[chunk / bh_count], chunk % bh_count);
                 let (b, h) = (bh / self.heads, bh % self.heads);
-                for (t, x) in x.chunks_mut(d).enumerate() {
-                    let y = &y[self.projected(b, t, part, h)..][..d];
-                    match rotated {
-                        true => self.rope.rotate_row(y, x, t, 1.0),
-                        false => x.copy_from_slice(y),
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (t, x) in x.chunks_mut(d).enumerate() {
+                            let y = &y[self.projected(b, t, part, h)..][..d];
+                            match rotated {
+                                true => self.rope.rotate_row(y, x, t, 1.0),
+                                false => x.copy_from_slice(y),
+                            }
+                        }
+                    },
+                )
             });
         x
     }
@@ -130,19 +136,24 @@ impl<K: HostKernel<N>, const N: usize> Projected<K, N> {
             .for_each(|(row, dy)| {
                 let (b, t) = (row / len, row % len);
                 let mut back = vec![E::zero(); d];
-                for (&Source { part, rotated }, dx) in self.sources.iter().zip(dx) {
-                    for h in 0..self.heads {
-                        let mut g = &dx[self.packed(b * self.heads + h, t)..][..d];
-                        if rotated {
-                            self.rope.rotate_row(g, &mut back, t, -1.0);
-                            g = &back;
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (&Source { part, rotated }, dx) in self.sources.iter().zip(dx) {
+                            for h in 0..self.heads {
+                                let mut g = &dx[self.packed(b * self.heads + h, t)..][..d];
+                                if rotated {
+                                    self.rope.rotate_row(g, &mut back, t, -1.0);
+                                    g = &back;
+                                }
+                                let at = (part * self.heads + h) * d;
+                                for (a, g) in dy[at..at + d].iter_mut().zip(g) {
+                                    *a = *a + *g;
+                                }
+                            }
                         }
-                        let at = (part * self.heads + h) * d;
-                        for (a, g) in dy[at..at + d].iter_mut().zip(g) {
-                            *a = *a + *g;
-                        }
-                    }
-                }
+                    },
+                )
             });
         dy
     }

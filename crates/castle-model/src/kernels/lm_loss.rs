@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::cross_entropy::{check_targets, logsumexp, softmax_in_place};
 use super::gemm::{gemm, transposed, Mat, MatMut};
 use super::host_op::{zeroed, HostOp};
+use super::simd::vectorized;
 use super::Elem;
 
 /// Rows of `dW` per parallel task of the one `dW = dZ^T X` product.
@@ -87,9 +88,15 @@ impl HostOp<2> for LmHeadLoss {
                 // The GEMM overwrites the buffer (beta = 0), stale values included.
                 z.resize(nll.len() * self.vocab, E::zero());
                 self.logits(x, &w_t, first, z);
-                for (i, (z, nll)) in z.chunks_exact(self.vocab).zip(nll).enumerate() {
-                    *nll = logsumexp(z) - z[self.targets[first + i]];
-                }
+                let rows = z.chunks_exact(self.vocab).zip(nll);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (i, (z, nll)) in rows.enumerate() {
+                            *nll = logsumexp(z) - z[self.targets[first + i]];
+                        }
+                    },
+                );
             });
         (nll, Vec::new())
     }
@@ -106,12 +113,18 @@ impl HostOp<2> for LmHeadLoss {
             .for_each(|(c, (nll, g))| {
                 let first = c * chunk;
                 self.logits(x, &w_t, first, g);
-                for (i, (z, nll)) in g.chunks_exact_mut(v).zip(nll).enumerate() {
-                    let t = self.targets[first + i];
-                    let z_t = z[t];
-                    *nll = softmax_in_place(z) - z_t;
-                    z[t] = z[t] - E::one();
-                }
+                let rows = g.chunks_exact_mut(v).zip(nll);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (i, (z, nll)) in rows.enumerate() {
+                            let t = self.targets[first + i];
+                            let z_t = z[t];
+                            *nll = softmax_in_place(z) - z_t;
+                            z[t] = z[t] - E::one();
+                        }
+                    },
+                );
             });
         (nll, g)
     }

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use super::blocks::{Blocking, Blocks};
 use super::causal_softmax::sigmoid;
 use super::gemm::{gemm, Elem, Mat, MatMut};
+use super::simd::vectorized;
 use super::sum_over_workers;
 
 /// One head's lookahead inputs, each packed `g.padded() x d` (padded rows zero).
@@ -82,7 +83,10 @@ fn sig_block<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>, j: usize, k: usize) 
         E::zero(),
         MatMut::new(&mut sig, bs, bs, bs),
     );
-    sig.iter_mut().for_each(|e| *e = sigmoid(*e));
+    vectorized(
+        #[inline(always)]
+        || sig.iter_mut().for_each(|e| *e = sigmoid(*e)),
+    );
     for (r, row) in sig.chunks_mut(bs).enumerate() {
         let keep = g.lookahead_columns(j, k, r);
         row[..keep.start].fill(E::zero());
@@ -232,9 +236,15 @@ pub fn backward<E: Elem>(
                         E::one(),
                         MatMut::new(&mut dsig, bs, bs, bs),
                     );
-                    for (e, &p) in dsig.iter_mut().zip(sig.get(j, k)) {
-                        *e = *e * p * (E::one() - p);
-                    }
+                    let sig_jk = sig.get(j, k);
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (e, &p) in dsig.iter_mut().zip(sig_jk) {
+                                *e = *e * p * (E::one() - p);
+                            }
+                        },
+                    );
                     let dl = g.square(&dsig);
                     gemm(
                         s,

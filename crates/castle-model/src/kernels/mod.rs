@@ -20,6 +20,8 @@
 //!   so training never holds the `tokens x vocab` logits.
 //! - [`linear`]: the layers' projections as such ops, so that no product runs through burn-flex's
 //!   matmul, whose output allocation is two serial passes on the calling thread.
+//! - [`simd`]: runs their elementwise loops at the CPU's widest SIMD (AVX-512, AVX2), chosen at
+//!   run time.
 //! - [`heads`]: an attention kernel as one such op from its layer's projection to its merged
 //!   output, splitting heads, RoPE and merging heads included.
 //!
@@ -43,6 +45,7 @@ pub mod linear;
 pub mod lm_loss;
 pub mod lookahead;
 pub mod rmsnorm;
+pub mod simd;
 pub mod swiglu;
 
 pub use backend::{AttentionBackend, TrainBackend};

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::host_op::{rows_per_task, zeroed, HostOp};
+use super::simd::{fold_lanes, vectorized};
 use super::Elem;
 
 /// RMSNorm of rows of width `d`; inputs `[x, gamma]`, `x` a whole number of rows.
@@ -32,13 +33,19 @@ impl HostOp<2> for RmsNormRows {
             .zip(rstd.par_chunks_mut(rows))
             .zip(x.par_chunks(rows * d))
             .for_each(|((out, rstd), x)| {
-                for ((y, r), x) in out.chunks_mut(d).zip(rstd.iter_mut()).zip(x.chunks(d)) {
-                    let ms = x.iter().fold(E::zero(), |s, &v| s + v * v) / E::of(d as f64);
-                    *r = E::one() / (ms + E::of(self.eps)).sqrt();
-                    for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
-                        *y = x * *r * g;
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((y, r), x) in out.chunks_mut(d).zip(rstd.iter_mut()).zip(x.chunks(d)) {
+                            let ms = fold_lanes(x, E::zero(), |s, v| s + v * v, |a, b| a + b)
+                                / E::of(d as f64);
+                            *r = E::one() / (ms + E::of(self.eps)).sqrt();
+                            for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+                                *y = x * *r * g;
+                            }
+                        }
+                    },
+                )
             });
         (out, rstd)
     }
@@ -53,23 +60,31 @@ impl HostOp<2> for RmsNormRows {
             .zip(rstd.par_chunks(rows))
             .zip(x.par_chunks(rows * d).zip(dy.par_chunks(rows * d)))
             .map(|((dx, rstd), (x, dy))| {
-                let mut d_gamma = vec![E::zero(); d];
-                for (((dx, &r), x), dy) in dx
+                let (mut d_gamma, mut terms) = (vec![E::zero(); d], vec![E::zero(); d]);
+                let rows = dx
                     .chunks_mut(d)
                     .zip(rstd)
                     .zip(x.chunks(d))
-                    .zip(dy.chunks(d))
-                {
-                    let mut dot = E::zero();
-                    for j in 0..d {
-                        dot = dot + gamma[j] * dy[j] * x[j];
-                        d_gamma[j] = d_gamma[j] + dy[j] * x[j] * r;
-                    }
-                    let c = r * r * r * dot / E::of(d as f64);
-                    for j in 0..d {
-                        dx[j] = r * gamma[j] * dy[j] - c * x[j];
-                    }
-                }
+                    .zip(dy.chunks(d));
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (((dx, &r), x), dy) in rows {
+                            // `d_gamma` and the terms of `dot`, then their sum in lanes: a serial
+                            // sum in the same loop kept it scalar.
+                            let each = d_gamma.iter_mut().zip(&mut terms).zip(gamma);
+                            for (((dg, t), &g), (&dy, &x)) in each.zip(dy.iter().zip(x)) {
+                                *dg = *dg + dy * x * r;
+                                *t = g * dy * x;
+                            }
+                            let dot = fold_lanes(&terms, E::zero(), |a, b| a + b, |a, b| a + b);
+                            let c = r * r * r * dot / E::of(d as f64);
+                            for (((dx, &g), &dy), &x) in dx.iter_mut().zip(gamma).zip(dy).zip(x) {
+                                *dx = r * g * dy - c * x;
+                            }
+                        }
+                    },
+                );
                 d_gamma
             })
             .reduce_with(|mut a, b| {

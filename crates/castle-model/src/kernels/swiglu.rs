@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::host_op::{zeroed, HostOp};
+use super::simd::vectorized;
 use super::Elem;
 
 /// Elements per parallel task.
@@ -39,9 +40,14 @@ impl HostOp<2> for SwiGluGate {
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g * sigmoid(g) * u;
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                            *o = g * sigmoid(g) * u;
+                        }
+                    },
+                )
             });
         (out, ())
     }
@@ -54,11 +60,16 @@ impl HostOp<2> for SwiGluGate {
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .zip(d_out.par_chunks(CHUNK))
             .for_each(|(((dg, du), (g, u)), d)| {
-                for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
-                    dg[i] = d[i] * u[i] * s * (E::one() + g[i] * (E::one() - s));
-                    du[i] = d[i] * g[i] * s;
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for i in 0..g.len() {
+                            let s = sigmoid(g[i]);
+                            dg[i] = d[i] * u[i] * s * (E::one() + g[i] * (E::one() - s));
+                            du[i] = d[i] * g[i] * s;
+                        }
+                    },
+                )
             });
         [dg, du]
     }
