@@ -17,9 +17,9 @@ use super::host_op::{zeroed, HostOp};
 use super::{AttentionBackend, Elem};
 use crate::precision::project;
 
-/// Rows per parallel task: about four tasks per worker, at least 32 rows (each task packs its
+/// Rows per parallel product: about four per worker, at least 32 rows (each product packs its
 /// other factor, which its rows amortise).
-fn rows_per_task(rows: usize) -> usize {
+fn rows_per_product(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads()).max(32)
 }
 
@@ -51,7 +51,7 @@ impl HostOp<2> for LinearRows {
         let (d_in, d_out) = (self.d_in, self.d_out);
         let n = self.rows(x, w);
         let mut y = zeroed(n * d_out);
-        let task = rows_per_task(n);
+        let task = rows_per_product(n);
         y.par_chunks_mut(task * d_out.max(1))
             .enumerate()
             .for_each(|(t, y)| {
@@ -73,7 +73,7 @@ impl HostOp<2> for LinearRows {
         let (d_in, d_out) = (self.d_in, self.d_out);
         let n = self.rows(x, w);
         let mut dx = zeroed(n * d_in);
-        let task = rows_per_task(n);
+        let task = rows_per_product(n);
         // `W^T` packed once (see `transposed`), not repacked by every task.
         let w_t = transposed(w, d_in, d_out);
         dx.par_chunks_mut(task * d_in)
