@@ -202,6 +202,36 @@ pub fn transposed<E: Elem>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
     t
 }
 
+/// `A^T B` (`m x k`) for packed row-major `a` (`n x m`) and `b` (`n x k`): a weight gradient,
+/// the sum over all `n` rows. Split into blocks of `block` rows of the result, each one product
+/// over every row, so the result has the same bits whatever the thread count.
+pub fn transposed_times<E: Elem>(a: &[E], m: usize, b: &[E], k: usize, block: usize) -> Vec<E> {
+    let n = a.len().checked_div(m).unwrap_or(0);
+    assert_eq!(
+        b.len(),
+        n * k,
+        "A^T B with {n} rows of A and {} of B",
+        b.len() / k.max(1)
+    );
+    let mut c = zeroed(m * k);
+    if n == 0 || k == 0 {
+        return c;
+    }
+    let block = block.max(1);
+    c.par_chunks_mut(block * k).enumerate().for_each(|(i, c)| {
+        let (first, rows) = (i * block, c.len() / k);
+        // Columns `first..first + rows` of `a`, transposed: `rows x n`.
+        gemm(
+            E::one(),
+            Mat::new(&a[first..], n, rows, m).t(),
+            Mat::new(b, n, k, k),
+            E::zero(),
+            MatMut::new(c, rows, k, k),
+        );
+    });
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +261,24 @@ mod tests {
         let m = Mat::new(&a, 2, 3, 3);
         gemm(1.0, m, m.t(), 0.5, MatMut::new(&mut c, 2, 2, 2));
         assert_eq!(c, [14.5, 32.5, 32.5, 77.5]);
+    }
+
+    #[test]
+    fn transposed_times_sums_over_every_row_in_any_block_split() {
+        for (n, m, k, block) in [(0, 5, 3, 2), (1, 1, 1, 1), (7, 13, 5, 4), (70, 33, 9, 8)] {
+            let a: Vec<f64> = (0..n * m).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.73).cos()).collect();
+            let c = transposed_times(&a, m, &b, k, block);
+            for i in 0..m {
+                for j in 0..k {
+                    let want: f64 = (0..n).map(|r| a[r * m + i] * b[r * k + j]).sum();
+                    assert!(
+                        (c[i * k + j] - want).abs() < 1e-12,
+                        "{n} x {m} x {k} at ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::gemm::{gemm, transposed, Mat, MatMut};
+use super::gemm::{gemm, transposed, transposed_times, Mat, MatMut};
 use super::host_op::{zeroed, HostOp};
 use super::{AttentionBackend, Elem};
 use crate::precision::project;
@@ -88,22 +88,8 @@ impl HostOp<2> for LinearRows {
                     MatMut::new(dx, rows, d_in, d_in),
                 );
             });
-        let mut dw = zeroed(d_in * d_out);
         let block = d_in.div_ceil(4 * rayon::current_num_threads()).max(8);
-        dw.par_chunks_mut(block * d_out.max(1))
-            .enumerate()
-            .for_each(|(b, dw)| {
-                let (first, rows) = (b * block, dw.len() / d_out);
-                // Columns `first..first + rows` of x, transposed: `rows x n`.
-                let x_t = Mat::new(&x[first..], n, rows, d_in).t();
-                gemm(
-                    E::one(),
-                    x_t,
-                    Mat::new(dy, n, d_out, d_out),
-                    E::zero(),
-                    MatMut::new(dw, rows, d_out, d_out),
-                );
-            });
+        let dw = transposed_times(x, d_in, dy, d_out, block);
         [dx, dw]
     }
 }

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::cross_entropy::{check_targets, logsumexp, softmax_in_place};
-use super::gemm::{gemm, transposed, Mat, MatMut};
+use super::gemm::{gemm, transposed, transposed_times, Mat, MatMut};
 use super::host_op::{zeroed, HostOp};
 use super::simd::vectorized;
 use super::Elem;
@@ -161,28 +161,11 @@ impl HostOp<2> for LmHeadLoss {
                     dx.iter_mut().for_each(|e| *e = *e * s);
                 }
             });
-        let mut dw = vec![E::zero(); v * d];
-        if n == 0 {
-            return [dx, dw];
-        }
         let mut xs = x.to_vec();
         xs.par_chunks_mut(d)
             .zip(d_nll.par_iter())
             .for_each(|(row, &s)| row.iter_mut().for_each(|e| *e = *e * s));
-        dw.par_chunks_mut(VOCAB_BLOCK * d)
-            .enumerate()
-            .for_each(|(block, dw)| {
-                let (first, vb) = (block * VOCAB_BLOCK, dw.len() / d);
-                // Columns `first..first + vb` of G, transposed: `vb x tokens`.
-                let g_t = Mat::new(&g[first..], n, vb, v).t();
-                gemm(
-                    E::one(),
-                    g_t,
-                    Mat::new(&xs, n, d, d),
-                    E::zero(),
-                    MatMut::new(dw, vb, d, d),
-                );
-            });
+        let dw = transposed_times(g, v, &xs, d, VOCAB_BLOCK);
         [dx, dw]
     }
 }
