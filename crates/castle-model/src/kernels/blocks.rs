@@ -61,6 +61,13 @@ impl Blocking {
         Mat::rows(x, blk * self.bs, self.bs, self.d)
     }
 
+    /// Block `blk` of `x^T` as a `d x bs` view of `x_t`, the packed transpose (`d x padded()`)
+    /// of a packed `padded() x d` matrix `x`: a right-hand factor `x_blk^T` that the `gemm`
+    /// crate reads without repacking.
+    pub fn block_cols<'a, E: Elem>(&self, x_t: &'a [E], blk: usize) -> Mat<'a, E> {
+        Mat::new(&x_t[blk * self.bs..], self.d, self.bs, self.padded())
+    }
+
     pub fn block_rows_mut<'a, E: Elem>(&self, x: &'a mut [E], blk: usize) -> MatMut<'a, E> {
         MatMut::rows(x, blk * self.bs, self.bs, self.d)
     }

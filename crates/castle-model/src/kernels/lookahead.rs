@@ -14,11 +14,17 @@
 //! `R = sum_{I>K} D[I,J]^T Qc_I` (`bs x d`) walks `K` downwards and a prefix sum `C` upwards:
 //!
 //! ```text
-//! F[K,J]   = (D[K,J] sig[J,K]) (.) Mc                     (queries and positions in one block)
-//! dQc_K   += s F Vu_K                dQc_I += s D[I,J] C[J,I]^T
-//! dVu_K   += s sig[J,K]^T R + s F^T Qc_K
+//! dQc_I   += s D[I,J] C[J,I]^T
+//! dVu_K   += s sig[J,K]^T R
 //! dsig     = s R Vu_K^T + D[K,J]^T diag_K,   dlogit = dsig (.) sig (1 - sig)
 //! dQu_J   += s dlogit Ku_K               dKu_K += s dlogit^T Qu_J
+//! F_K     += D[K,J] sig[J,K]
+//! ```
+//!
+//! and then, once per block `K` (the gradient of `diag_K`, queries and positions in one block):
+//!
+//! ```text
+//! dQc_K += s (F_K (.) Mc) Vu_K           dVu_K += s (F_K (.) Mc)^T Qc_K
 //! ```
 //!
 //! (`Qc` here is the un-rotated query `qc_nope`; see `crate::rope`.) Every product is
@@ -29,7 +35,7 @@ use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
 use super::causal_softmax::sigmoid;
-use super::gemm::{gemm, Elem, Mat, MatMut};
+use super::gemm::{gemm, transposed, Elem, Mat, MatMut};
 use super::simd::vectorized;
 use super::sum_over_workers;
 
@@ -49,17 +55,17 @@ pub struct LookaheadGrads<E> {
 }
 
 /// `diag_I = (s Qc_I Vu_I^T) (.) Mc` for every block `I`.
-fn diagonals<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> Vec<Vec<E>> {
+fn diagonals<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>, vu_t: &[E]) -> Vec<Vec<E>> {
     let bs = g.bs;
     (0..g.n)
         .into_par_iter()
         .map(|i| {
             let mut a = vec![E::zero(); bs * bs];
-            let (qc, vu) = (g.block_rows(x.qc, i), g.block_rows(x.vu, i));
+            let (qc, vu) = (g.block_rows(x.qc, i), g.block_cols(vu_t, i));
             gemm(
                 g.scale(),
                 qc,
-                vu.t(),
+                vu,
                 E::zero(),
                 MatMut::new(&mut a, bs, bs, bs),
             );
@@ -72,14 +78,14 @@ fn diagonals<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> Vec<Vec<E>> {
 }
 
 /// `sig[J,K] = sigmoid(s Qu_J Ku_K^T) (.) Mu[J,K]`.
-fn sig_block<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>, j: usize, k: usize) -> Vec<E> {
+fn sig_block<E: Elem>(g: &Blocking, qu: &[E], ku_t: &[E], j: usize, k: usize) -> Vec<E> {
     let bs = g.bs;
     let mut sig = vec![E::zero(); bs * bs];
-    let (qu, ku) = (g.block_rows(x.qu, j), g.block_rows(x.ku, k));
+    let (qu, ku) = (g.block_rows(qu, j), g.block_cols(ku_t, k));
     gemm(
         g.scale(),
         qu,
-        ku.t(),
+        ku,
         E::zero(),
         MatMut::new(&mut sig, bs, bs, bs),
     );
@@ -124,13 +130,17 @@ pub struct LookaheadSaved<E> {
 /// `S_U` (lower block triangle) and what the backward pass reuses.
 pub fn forward<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> (Blocks<E>, LookaheadSaved<E>) {
     let (bs, d, n) = (g.bs, g.d, g.n);
-    let diag = diagonals(g, x);
+    let (ku_t, vu_t) = (
+        transposed(x.ku, g.padded(), d),
+        transposed(x.vu, g.padded(), d),
+    );
+    let diag = diagonals(g, x, &vu_t);
     let columns: Vec<_> = (0..n)
         .into_par_iter()
         .map(|j| {
             let sig: Vec<Vec<E>> = (j..n)
                 .take_while(|&k| g.in_band(j, k))
-                .map(|k| sig_block(g, x, j, k))
+                .map(|k| sig_block(g, x.qu, &ku_t, j, k))
                 .collect();
             let mut c = vec![E::zero(); bs * d];
             let column: Vec<Vec<E>> = (j..n)
@@ -172,22 +182,35 @@ pub fn forward<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> (Blocks<E>, Loo
     (su, LookaheadSaved { sig, diag })
 }
 
-impl<E: Elem> LookaheadGrads<E> {
-    fn zeros(len: usize) -> Self {
+/// One worker's share of the backward pass: the gradients and `F_K = sum_J D[K,J] sig[J,K]`
+/// (`n` blocks `bs x bs`).
+struct Partial<E> {
+    grads: LookaheadGrads<E>,
+    f: Vec<E>,
+}
+
+impl<E: Elem> Partial<E> {
+    fn zeros(g: &Blocking) -> Self {
+        let len = g.padded() * g.d;
         Self {
-            dqu: vec![E::zero(); len],
-            dku: vec![E::zero(); len],
-            dvu: vec![E::zero(); len],
-            dqc: vec![E::zero(); len],
+            grads: LookaheadGrads {
+                dqu: vec![E::zero(); len],
+                dku: vec![E::zero(); len],
+                dvu: vec![E::zero(); len],
+                dqc: vec![E::zero(); len],
+            },
+            f: vec![E::zero(); g.n * g.bs * g.bs],
         }
     }
 
     fn merge(mut self, other: Self) -> Self {
+        let g = &mut self.grads;
         for (a, b) in [
-            (&mut self.dqu, &other.dqu),
-            (&mut self.dku, &other.dku),
-            (&mut self.dvu, &other.dvu),
-            (&mut self.dqc, &other.dqc),
+            (&mut g.dqu, &other.grads.dqu),
+            (&mut g.dku, &other.grads.dku),
+            (&mut g.dvu, &other.grads.dvu),
+            (&mut g.dqc, &other.grads.dqc),
+            (&mut self.f, &other.f),
         ] {
             a.iter_mut().zip(b).for_each(|(x, &y)| *x = *x + y);
         }
@@ -205,17 +228,21 @@ pub fn backward<E: Elem>(
     let (bs, d, n) = (g.bs, g.d, g.n);
     let s: E = g.scale();
     let LookaheadSaved { sig, diag } = saved;
-    let len = g.padded() * d;
-    sum_over_workers(
+    let vu_t = transposed(x.vu, g.padded(), d);
+    let Partial { mut grads, mut f } = sum_over_workers(
         n,
-        || LookaheadGrads::zeros(len),
-        |acc, j| {
+        || Partial::zeros(g),
+        |Partial {
+             grads: acc,
+             f: f_sum,
+         },
+         j| {
             let qu_j = g.block_rows(x.qu, j);
             let mut r_sum = vec![E::zero(); bs * d];
-            let (mut dsig, mut f) = (vec![E::zero(); bs * bs], vec![E::zero(); bs * bs]);
+            let mut dsig = vec![E::zero(); bs * bs];
             for k in (j..n).rev() {
                 let d_kj = g.square(d_su.get(k, j));
-                let (qc_k, vu_k) = (g.block_rows(x.qc, k), g.block_rows(x.vu, k));
+                let qc_k = g.block_rows(x.qc, k);
                 if g.in_band(j, k) {
                     let sg = g.square(sig.get(j, k));
                     let r_m = Mat::new(&r_sum, bs, d, d);
@@ -224,7 +251,7 @@ pub fn backward<E: Elem>(
                     gemm(
                         s,
                         r_m,
-                        vu_k.t(),
+                        g.block_cols(&vu_t, k),
                         E::zero(),
                         MatMut::new(&mut dsig, bs, bs, bs),
                     );
@@ -254,20 +281,8 @@ pub fn backward<E: Elem>(
                         g.block_rows_mut(&mut acc.dqu, j),
                     );
                     gemm(s, dl.t(), qu_j, E::one(), g.block_rows_mut(&mut acc.dku, k));
-                    // F = (D[K,J] sig[J,K]) (.) Mc.
-                    gemm(
-                        E::one(),
-                        d_kj,
-                        sg,
-                        E::zero(),
-                        MatMut::new(&mut f, bs, bs, bs),
-                    );
-                    for r in 0..bs {
-                        f[r * bs + r + 1..(r + 1) * bs].fill(E::zero());
-                    }
-                    let fm = g.square(&f);
-                    gemm(s, fm, vu_k, E::one(), g.block_rows_mut(&mut acc.dqc, k));
-                    gemm(s, fm.t(), qc_k, E::one(), g.block_rows_mut(&mut acc.dvu, k));
+                    let f_k = &mut f_sum[k * bs * bs..(k + 1) * bs * bs];
+                    gemm(E::one(), d_kj, sg, E::one(), MatMut::new(f_k, bs, bs, bs));
                 }
                 if k > j {
                     gemm(
@@ -294,6 +309,22 @@ pub fn backward<E: Elem>(
                 );
             }
         },
-        LookaheadGrads::merge,
-    )
+        Partial::merge,
+    );
+    let blocks = grads
+        .dqc
+        .par_chunks_mut(bs * d)
+        .zip(grads.dvu.par_chunks_mut(bs * d));
+    blocks
+        .zip(f.par_chunks_mut(bs * bs))
+        .enumerate()
+        .for_each(|(k, ((dqc_k, dvu_k), f_k))| {
+            for r in 0..bs {
+                f_k[r * bs + r + 1..(r + 1) * bs].fill(E::zero());
+            }
+            let (f_k, qc_k, vu_k) = (g.square(f_k), g.block_rows(x.qc, k), g.block_rows(x.vu, k));
+            gemm(s, f_k, vu_k, E::one(), MatMut::new(dqc_k, bs, d, d));
+            gemm(s, f_k.t(), qc_k, E::one(), MatMut::new(dvu_k, bs, d, d));
+        });
+    grads
 }
