@@ -212,3 +212,19 @@ fn model_token_nll_under_bf16_is_f32_and_close_to_f32() {
     let err = check_model::<F32>(Some(DType::BF16));
     assert!(err < 5e-2, "relative error {err:e}");
 }
+
+/// burn 0.21 frees, at the end of any thread's backward pass, the steps of graphs that no live
+/// tensor references; the fused ops must hold their inputs while they run (see
+/// `kernels::host_op::hold_inputs`), or a concurrent backward pass (`--devices N` ranks are
+/// threads) loses gradients behind them. Before that fix this failed in most runs.
+#[test]
+fn model_gradients_survive_concurrent_backward_passes() {
+    let worst = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| (0..8).map(|_| check_model::<F32>(None)).fold(0.0, worse)))
+            .collect();
+        let errs = threads.into_iter().map(|t| t.join().expect("no panic"));
+        errs.fold(0.0, worse)
+    });
+    assert!(worst < 1e-5, "relative error {worst:e}");
+}

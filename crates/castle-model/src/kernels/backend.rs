@@ -25,7 +25,7 @@ use burn::tensor::{DType, Element, TensorPrimitive};
 
 use super::device::{tracked_device, DeviceAttention, DeviceForward};
 use super::host_array::{from_host, to_host, HostArray};
-use super::host_op::{host_op_forward, tracked_op, HostOp};
+use super::host_op::{hold_inputs, host_op_forward, tracked_op, HostOp};
 use super::{Castle, Causal, Elem, HeadsShape, HostKernel};
 use crate::attention::baseline::causal_attention;
 use crate::attention::lookahead::{attend, lookahead_scores_chunked, CastleHeads};
@@ -266,6 +266,7 @@ where
     let dtypes = inputs.each_ref().map(|x| x.dtype());
     let xs = inputs.map(|x| x.into_primitive().tensor());
     let nodes = xs.each_ref().map(|x| x.node.clone());
+    let held = hold_inputs(&xs);
     let inner = xs.map(|x| Tensor::from_primitive(TensorPrimitive::Float(x.primitive)));
     let (out, inputs, saved) = host_forward::<B, E, K, N>(kernel, inner);
     let out = out.into_primitive().tensor();
@@ -283,5 +284,6 @@ where
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
+    drop(held);
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }

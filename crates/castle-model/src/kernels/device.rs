@@ -17,6 +17,7 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorPrimitive;
 
+use super::host_op::hold_inputs;
 use super::AttentionBackend;
 
 /// The attentions a backend may run as device kernels; inputs `[batch, heads, len, d]` each.
@@ -75,6 +76,7 @@ where
 {
     let xs = inputs.map(|x| x.into_primitive().tensor());
     let nodes = xs.each_ref().map(|x| x.node.clone());
+    let held = hold_inputs(&xs);
     let inner: Vec<_> = xs.into_iter().map(|x| x.primitive).collect();
     let (out, saved) = B::device_forward(kernel, inner.clone());
     let op = <DeviceBackward as Backward<B, N>>::prepare::<C>(DeviceBackward, nodes);
@@ -90,5 +92,6 @@ where
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
+    drop(held);
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }

@@ -15,8 +15,10 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Element, TensorPrimitive};
 use rayon::prelude::*;
 
@@ -106,6 +108,21 @@ where
     }
 }
 
+/// The inputs' reference counts, to hold from taking their graph nodes until the op's own step
+/// is registered.
+///
+/// burn 0.21 frees, at the end of any thread's backward pass, the steps of every graph none of
+/// whose nodes is still referenced. An op that takes its inputs apart (dropping their reference
+/// counts) and then runs a long forward pass before registering its step leaves that graph
+/// unreferenced meanwhile: another thread's backward pass (`--devices N` ranks, tests in
+/// parallel) can free its steps, and every gradient behind this op is silently lost or wrong
+/// (burn issue #5573).
+pub(super) fn hold_inputs<B: Backend, const N: usize>(
+    xs: &[FloatTensor<Autodiff<B>>; N],
+) -> [Arc<NodeId>; N] {
+    xs.each_ref().map(|x| x.rc.clone())
+}
+
 /// [`host_op_forward`] as one node of the autodiff graph.
 pub(super) fn tracked_op<B, C, E, K, const N: usize>(
     op: K,
@@ -120,6 +137,7 @@ where
     let dtypes = inputs.each_ref().map(|x| x.dtype());
     let xs = inputs.map(|x| x.into_primitive().tensor());
     let nodes = xs.each_ref().map(|x| x.node.clone());
+    let held = hold_inputs(&xs);
     let inner = xs.map(|x| Tensor::from_primitive(TensorPrimitive::Float(x.primitive)));
     let backward =
         <OpBackward<K, E> as Backward<B, N>>::prepare::<C>(OpBackward(PhantomData), nodes);
@@ -143,6 +161,7 @@ where
             prep.finish(out.into_primitive().tensor())
         }
     };
+    drop(held);
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
