@@ -17,12 +17,18 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Matrix-multiply rate ({0} x {0} x {0}, f32, best of 10 after a warm-up):",
-        opts.matmul_size
+        "Matrix-multiply rate ({0} x {0} x {0}, f32, best of {1} after a warm-up, read at the \
+         start and at the end of the run; the better reading is the denominator of MFU):",
+        opts.matmul_size,
+        opts.reps.max(10)
     );
     let _ = writeln!(md);
-    for (b, r) in &report.matmul_gflops {
-        let _ = writeln!(md, "- `{}`: {r:.1} GFLOP/s", b);
+    for ((b, best), (_, [first, last])) in report.matmul_gflops.iter().zip(&report.matmul_readings)
+    {
+        let _ = writeln!(
+            md,
+            "- `{b}`: {best:.1} GFLOP/s (start {first:.1}, end {last:.1})"
+        );
     }
     let _ = writeln!(md);
 
