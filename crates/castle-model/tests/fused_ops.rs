@@ -13,7 +13,8 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use castle_model::kernels::linear::fused_project;
-use castle_model::kernels::swiglu::{sigmoid, SwiGluGate};
+use castle_model::kernels::swiglu::SwiGluGate;
+use castle_model::kernels::Elem;
 use castle_model::layers::{silu, RmsNorm, SwiGlu};
 use castle_model::lm::{token_nll, token_nll_reference};
 use castle_model::precision::project;
@@ -272,9 +273,9 @@ fn sigmoid_is_exact_in_f64_and_close_in_f32_at_both_tails() {
         -745.0_f64, -100.0, -20.0, -1.5, -1e-8, 0.0, 1e-8, 0.7, 20.0, 100.0, 745.0,
     ] {
         let exact = 1.0 / (1.0 + (-x).exp());
-        let err64 = (sigmoid::<f64>(x) - exact).abs() / exact.max(f64::MIN_POSITIVE);
-        assert!(err64 < 1e-15, "f64 sigmoid({x}) = {}", sigmoid::<f64>(x));
-        let got = sigmoid::<f32>(x as f32) as f64;
+        let err64 = (f64::sigmoid(x) - exact).abs() / exact.max(f64::MIN_POSITIVE);
+        assert!(err64 < 1e-15, "f64 sigmoid({x}) = {}", f64::sigmoid(x));
+        let got = f32::sigmoid(x as f32) as f64;
         assert!(
             (got - exact).abs() <= 1e-6 * exact + 1e-37,
             "f32 sigmoid({x}) = {got}, exact {exact}"

@@ -34,14 +34,6 @@ pub struct SoftmaxGrads<E> {
     pub d_lookahead: Option<Blocks<E>>,
 }
 
-/// `1 / (1 + exp(-x))`, stable for both signs (and branch-free, so loops over it vectorise).
-#[inline(always)]
-pub fn sigmoid<E: Elem>(x: E) -> E {
-    let t = E::exp_nonpositive(-x.abs());
-    let num = if x >= E::zero() { E::one() } else { t };
-    num / (E::one() + t)
-}
-
 /// `z -= SiLU(S_U)` on block `(I, jb)` of query block `I`'s logits `z` (`bs` rows), given that
 /// block of `S_U`; returns the block's `SiLU'(S_U) = sigmoid (1 + x (1 - sigmoid))`.
 #[inline(always)]
@@ -52,7 +44,7 @@ fn subtract_silu<E: Elem>(z: &mut [E], su: &[E], jb: usize, bs: usize) -> Vec<E>
         let row = &mut z[r * w + jb * bs..r * w + (jb + 1) * bs];
         let cols = r * bs..(r + 1) * bs;
         for ((zc, &x), dg) in row.iter_mut().zip(&su[cols.clone()]).zip(&mut grad[cols]) {
-            let sg = sigmoid(x);
+            let sg = E::sigmoid(x);
             *zc = *zc - x * sg;
             *dg = sg * (E::one() + x * (E::one() - sg));
         }

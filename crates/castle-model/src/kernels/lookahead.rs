@@ -34,7 +34,6 @@
 use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
-use super::causal_softmax::sigmoid;
 use super::gemm::{gemm, transposed, Elem, Mat, MatMut};
 use super::simd::vectorized;
 use super::sum_over_workers;
@@ -91,7 +90,7 @@ fn sig_block<E: Elem>(g: &Blocking, qu: &[E], ku_t: &[E], j: usize, k: usize) ->
     );
     vectorized(
         #[inline(always)]
-        || sig.iter_mut().for_each(|e| *e = sigmoid(*e)),
+        || sig.iter_mut().for_each(|e| *e = E::sigmoid(*e)),
     );
     for (r, row) in sig.chunks_mut(bs).enumerate() {
         let keep = g.lookahead_columns(j, k, r);

@@ -10,19 +10,6 @@ use super::Elem;
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
 
-/// `sigmoid(x)`, stable at both tails: `1 / (1 + e)` or `e / (1 + e)` with `e = exp(-|x|)`.
-/// Exact in `f64`; in `f32` through the vectorisable [`Elem::exp_nonpositive`].
-#[inline(always)]
-pub fn sigmoid<E: Elem>(x: E) -> E {
-    let e = E::exp_nonpositive(-x.abs());
-    let r = E::one() / (E::one() + e);
-    if x >= E::zero() {
-        r
-    } else {
-        e * r
-    }
-}
-
 /// `SiLU(g) (.) u` for inputs `[g, u]` of equal length.
 #[derive(Debug, Clone, Copy)]
 pub struct SwiGluGate;
@@ -44,7 +31,7 @@ impl HostOp<2> for SwiGluGate {
                     #[inline(always)]
                     || {
                         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                            *o = g * sigmoid(g) * u;
+                            *o = g * E::sigmoid(g) * u;
                         }
                     },
                 )
@@ -64,7 +51,7 @@ impl HostOp<2> for SwiGluGate {
                     #[inline(always)]
                     || {
                         for i in 0..g.len() {
-                            let s = sigmoid(g[i]);
+                            let s = E::sigmoid(g[i]);
                             dg[i] = d[i] * u[i] * s * (E::one() + g[i] * (E::one() - s));
                             du[i] = d[i] * g[i] * s;
                         }
