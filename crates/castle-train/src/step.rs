@@ -19,7 +19,10 @@ use crate::validation::inputs_and_targets;
 /// of the process in one global registry and, after each backward pass, frees the nodes it
 /// judges unused in *all* graphs; with two ranks of one process building graphs at once, some
 /// gradients came out wrong (about one run in three of the two-rank test, a gradient norm 20%
-/// low at a random step). With this lock the ranks of a process take turns for forward and
+/// low at a random step). The mechanism is burn issue #5573: an op that drops its inputs'
+/// reference counts before registering its own step leaves their graph looking unused to another
+/// thread's cleanup. castle's fused ops no longer do (`kernels::host_op::hold_inputs`), but
+/// burn's own `cat` still does. With this lock the ranks of a process take turns for forward and
 /// backward and reproduce the single-device run bit for bit; on CPU they share the cores anyway,
 /// and on CUDA the lock covers queuing the kernels, not running them.
 static GRAPH_LOCK: Mutex<()> = Mutex::new(());
