@@ -29,7 +29,8 @@
 //!
 //! (`Qc` here is the un-rotated query `qc_nope`; see `crate::rope`.) Every product is
 //! `bs x d x bs` or `bs x bs x bs`, `O(L^2 d)` in all; under SWL `sig`, `dsig` and `F` exist only
-//! for `K` in the band.
+//! for `K` in the band. `Ku^T` and `Vu^T` are transposed once per head, so that the products
+//! with `Ku_K^T` and `Vu_K^T` read a factor `gemm` does not repack.
 
 use rayon::prelude::*;
 
