@@ -94,6 +94,18 @@ impl<'a, E: Elem> Mat<'a, E> {
         Self::new(&data[first * cols..(first + rows) * cols], rows, cols, cols)
     }
 
+    /// Rows `first..first + rows` of this view.
+    fn row_block(self, first: usize, rows: usize) -> Self {
+        assert!(first + rows <= self.rows, "rows past the matrix");
+        let m = Self {
+            data: &self.data[(first * self.rs).min(self.data.len())..],
+            rows,
+            ..self
+        };
+        m.check(m.data.len());
+        m
+    }
+
     pub fn t(self) -> Self {
         Self {
             rows: self.cols,
@@ -216,6 +228,22 @@ pub fn transposed<E: Elem>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
     t
 }
 
+/// `A B` in a new packed row-major matrix: one product per block of `block` rows of `A` (and of
+/// the result), on rayon's workers.
+pub fn times_by_rows<E: Elem>(a: Mat<E>, b: Mat<E>, block: usize) -> Vec<E> {
+    let (n, m) = (a.rows, b.cols);
+    let mut c = zeroed(n * m);
+    let block = block.max(1);
+    c.par_chunks_mut((block * m).max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            let rows = c.len() / m;
+            let a_rows = a.row_block(i * block, rows);
+            gemm(E::one(), a_rows, b, E::zero(), MatMut::new(c, rows, m, m));
+        });
+    c
+}
+
 /// `A^T B` (`m x k`) for packed row-major `a` (`n x m`) and `b` (`n x k`): a weight gradient,
 /// the sum over all `n` rows. Split into blocks of `block` rows of the result, each one product
 /// over every row, so the result has the same bits whatever the thread count.
@@ -275,6 +303,25 @@ mod tests {
         let m = Mat::new(&a, 2, 3, 3);
         gemm(1.0, m, m.t(), 0.5, MatMut::new(&mut c, 2, 2, 2));
         assert_eq!(c, [14.5, 32.5, 32.5, 77.5]);
+    }
+
+    #[test]
+    fn times_by_rows_is_the_product_in_any_block_split() {
+        for (n, k, m, block) in [(0, 5, 3, 2), (1, 1, 1, 1), (7, 13, 5, 4), (70, 33, 9, 8)] {
+            let a: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..k * m).map(|i| (i as f64 * 0.73).cos()).collect();
+            let c = times_by_rows(Mat::new(&a, n, k, k), Mat::new(&b, k, m, m), block);
+            assert_eq!(c.len(), n * m);
+            for i in 0..n {
+                for j in 0..m {
+                    let want: f64 = (0..k).map(|r| a[i * k + r] * b[r * m + j]).sum();
+                    assert!(
+                        (c[i * m + j] - want).abs() < 1e-12,
+                        "{n} x {k} x {m} at ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,15 +5,13 @@
 //! the calling thread while rayon's workers wait, and sums the weight gradient of a batched
 //! product over the batch in another pass; those serial passes were a third of the main
 //! thread's samples in a training step. Here every product is split into row blocks, each
-//! block one single-threaded GEMM on a worker, writing its own part of a buffer the workers
-//! zero-filled.
+//! block one single-threaded GEMM on a worker (`gemm::times_by_rows`, `gemm::transposed_times`).
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use rayon::prelude::*;
 
-use super::gemm::{gemm, transposed, transposed_times, Mat, MatMut};
-use super::host_op::{zeroed, HostOp};
+use super::gemm::{times_by_rows, transposed, transposed_times, Mat};
+use super::host_op::HostOp;
 use super::{AttentionBackend, Elem};
 use crate::precision::project;
 
@@ -48,23 +46,9 @@ impl HostOp<2> for LinearRows {
     type Saved<E: Elem> = ();
 
     fn forward<E: Elem>(&self, [x, w]: [&[E]; 2]) -> (Vec<E>, ()) {
-        let (d_in, d_out) = (self.d_in, self.d_out);
-        let n = self.rows(x, w);
-        let mut y = zeroed(n * d_out);
-        let task = rows_per_product(n);
-        y.par_chunks_mut(task * d_out.max(1))
-            .enumerate()
-            .for_each(|(t, y)| {
-                let rows = y.len() / d_out;
-                gemm(
-                    E::one(),
-                    Mat::rows(x, t * task, rows, d_in),
-                    Mat::new(w, d_in, d_out, d_out),
-                    E::zero(),
-                    MatMut::new(y, rows, d_out, d_out),
-                );
-            });
-        (y, ())
+        let (d_in, d_out, n) = (self.d_in, self.d_out, self.rows(x, w));
+        let (x, w) = (Mat::new(x, n, d_in, d_in), Mat::new(w, d_in, d_out, d_out));
+        (times_by_rows(x, w, rows_per_product(n)), ())
     }
 
     /// `dx = dy W^T` by row blocks of `dx`; `dW = x^T dy` by row blocks of `dW`, each a sum
@@ -72,22 +56,13 @@ impl HostOp<2> for LinearRows {
     fn backward<E: Elem>(&self, [x, w]: [&[E]; 2], _: &(), dy: &[E]) -> [Vec<E>; 2] {
         let (d_in, d_out) = (self.d_in, self.d_out);
         let n = self.rows(x, w);
-        let mut dx = zeroed(n * d_in);
-        let task = rows_per_product(n);
-        // `W^T` packed once (see `transposed`), not repacked by every task.
+        // `W^T` packed once (see `transposed`), not repacked by every block's product.
         let w_t = transposed(w, d_in, d_out);
-        dx.par_chunks_mut(task * d_in)
-            .enumerate()
-            .for_each(|(t, dx)| {
-                let rows = dx.len() / d_in;
-                gemm(
-                    E::one(),
-                    Mat::rows(dy, t * task, rows, d_out),
-                    Mat::new(&w_t, d_out, d_in, d_in),
-                    E::zero(),
-                    MatMut::new(dx, rows, d_in, d_in),
-                );
-            });
+        let (dy_m, w_t) = (
+            Mat::new(dy, n, d_out, d_out),
+            Mat::new(&w_t, d_out, d_in, d_in),
+        );
+        let dx = times_by_rows(dy_m, w_t, rows_per_product(n));
         let block = d_in.div_ceil(4 * rayon::current_num_threads()).max(8);
         let dw = transposed_times(x, d_in, dy, d_out, block);
         [dx, dw]

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::cross_entropy::{check_targets, logsumexp, softmax_in_place};
-use super::gemm::{gemm, transposed, transposed_times, Mat, MatMut};
+use super::gemm::{gemm, times_by_rows, transposed, transposed_times, Mat, MatMut};
 use super::host_op::{zeroed, HostOp};
 use super::simd::vectorized;
 use super::Elem;
@@ -68,6 +68,14 @@ impl LmHeadLoss {
             MatMut::new(z, rows, v, v),
         );
     }
+}
+
+/// `diag(s) a` for `a` in rows of `d`: row `r` times `s[r]`.
+fn scale_rows<E: Elem>(mut a: Vec<E>, d: usize, s: &[E]) -> Vec<E> {
+    a.par_chunks_mut(d.max(1))
+        .zip(s.par_iter())
+        .for_each(|(row, &s)| row.iter_mut().for_each(|e| *e = *e * s));
+    a
 }
 
 impl HostOp<2> for LmHeadLoss {
@@ -144,28 +152,9 @@ impl HostOp<2> for LmHeadLoss {
             n * v,
             "LM-head loss: the backward pass needs the gradient kept by `forward_tracked`"
         );
-        let chunk = chunk_rows(n, v);
-        let mut dx = zeroed(n * d);
-        dx.par_chunks_mut(chunk * d)
-            .enumerate()
-            .for_each(|(c, dx)| {
-                let (first, rows) = (c * chunk, dx.len() / d);
-                gemm(
-                    E::one(),
-                    Mat::rows(g, first, rows, v),
-                    Mat::new(w, v, d, d),
-                    E::zero(),
-                    MatMut::new(dx, rows, d, d),
-                );
-                for (dx, &s) in dx.chunks_exact_mut(d).zip(&d_nll[first..]) {
-                    dx.iter_mut().for_each(|e| *e = *e * s);
-                }
-            });
-        let mut xs = x.to_vec();
-        xs.par_chunks_mut(d)
-            .zip(d_nll.par_iter())
-            .for_each(|(row, &s)| row.iter_mut().for_each(|e| *e = *e * s));
-        let dw = transposed_times(g, v, &xs, d, VOCAB_BLOCK);
+        let (g_m, w_m) = (Mat::new(g, n, v, v), Mat::new(w, v, d, d));
+        let dx = scale_rows(times_by_rows(g_m, w_m, chunk_rows(n, v)), d, d_nll);
+        let dw = transposed_times(g, v, &scale_rows(x.to_vec(), d, d_nll), d, VOCAB_BLOCK);
         [dx, dw]
     }
 }
