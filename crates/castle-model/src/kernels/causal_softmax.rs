@@ -11,8 +11,9 @@
 use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
+use super::cross_entropy::softmax_in_place;
 use super::gemm::{gemm, transposed, Elem, Mat, MatMut};
-use super::simd::{fold_lanes, vectorized};
+use super::simd::vectorized;
 use super::sum_over_workers;
 
 /// What the forward pass keeps for the backward pass, rows padded to `g.padded()`.
@@ -58,11 +59,7 @@ fn softmax_rows<E: Elem>(z: &mut [E], i: usize, bs: usize) {
     let w = z.len() / bs;
     for (r, row) in z.chunks_mut(w).enumerate() {
         row[i * bs + r + 1..].fill(E::zero()); // causal mask
-        let row = &mut row[..i * bs + r + 1];
-        let m = fold_lanes(row, E::neg_infinity(), E::max, E::max);
-        row.iter_mut().for_each(|x| *x = E::exp_nonpositive(*x - m));
-        let sum = fold_lanes(row, E::zero(), |a, b| a + b, |a, b| a + b);
-        row.iter_mut().for_each(|x| *x = *x / sum);
+        softmax_in_place(&mut row[..i * bs + r + 1]);
     }
 }
 

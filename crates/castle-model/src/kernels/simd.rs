@@ -7,7 +7,8 @@
 //! inlined into the closure is recompiled: every function its loop calls must be
 //! `#[inline(always)]`, and the closure itself too (`vectorized(#[inline(always)] || ...)`).
 //! Float results are those of the plain loop: wider registers change neither the operations
-//! nor their order (Rust does not fuse `a * b + c` or reorder sums). A sum or max over a row
+//! nor their order (Rust fuses `a * b + c` only where told to, `mul_add`, and never reorders
+//! sums). A sum or max over a row
 //! packs only when written in independent lanes, [`fold_lanes`].
 
 use std::sync::LazyLock;
