@@ -4,37 +4,41 @@
 //! and not to the RMSNorm gains (the 1-D parameters), as in nanoGPT. burn's AdamW has one decay
 //! for all parameters and clips each tensor on its own, so the gradients are clipped here by
 //! their global norm and split between two AdamW instances, one with decay and one without.
+//!
+//! Each instance is [`FusedAdamW`]: burn's AdamW update, run on the CPU backends as one parallel
+//! pass per tensor (`castle_model::kernels::adamw`) with the same bits, and as burn's tensor ops
+//! elsewhere. Its state is burn's `AdamWState`, so checkpoints hold the same records.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate,
+    Optimizer, SimpleOptimizer,
+};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use castle_model::CastleLm;
+use burn::tensor::DType;
+use castle_model::kernels::adamw::{adamw_step, AdamWStep};
+use castle_model::{AttentionBackend, CastleLm, TrainBackend};
 
 use crate::config::TrainConfig;
 
-type Adam<B> = OptimizerAdaptor<AdamW, CastleLm<B>, B>;
+type Adam<B> = OptimizerAdaptor<FusedAdamW, CastleLm<B>, B>;
 
-pub struct AdamWGroups<B: AutodiffBackend> {
+pub struct AdamWGroups<B: TrainBackend> {
     decayed: Adam<B>,
     not_decayed: Adam<B>,
     grad_clip: f64,
 }
 
-impl<B: AutodiffBackend> AdamWGroups<B> {
+impl<B: TrainBackend> AdamWGroups<B> {
     pub fn new(train: &TrainConfig) -> Self {
         let adamw = |weight_decay: f64| {
-            AdamWConfig::new()
-                .with_beta_1(train.beta1 as f32)
-                .with_beta_2(train.beta2 as f32)
-                .with_epsilon(1e-8)
-                .with_weight_decay(weight_decay as f32)
-                .init()
+            OptimizerAdaptor::from(FusedAdamW::new(train.beta1, train.beta2, weight_decay))
         };
         Self {
             decayed: adamw(train.weight_decay),
@@ -100,6 +104,87 @@ impl<B: AutodiffBackend> AdamWGroups<B> {
     }
 }
 
+/// AdamW (epsilon 1e-8) with burn's state and arithmetic; on the host-kernel backends each
+/// tensor's update is one fused parallel pass instead of burn's chain of tensor ops.
+#[derive(Clone)]
+pub struct FusedAdamW {
+    burn: AdamW,
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+}
+
+impl FusedAdamW {
+    pub fn new(beta_1: f64, beta_2: f64, weight_decay: f64) -> Self {
+        let (beta_1, beta_2, epsilon, weight_decay) =
+            (beta_1 as f32, beta_2 as f32, 1e-8, weight_decay as f32);
+        Self {
+            burn: AdamWConfig::new()
+                .with_beta_1(beta_1)
+                .with_beta_2(beta_2)
+                .with_epsilon(epsilon)
+                .with_weight_decay(weight_decay)
+                .build(),
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+        }
+    }
+}
+
+impl<B: AttentionBackend> SimpleOptimizer<B> for FusedAdamW {
+    type State<const D: usize> = AdamWState<B, D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        let moments = state
+            .as_ref()
+            .map(|s| [&s.momentum.moment_1, &s.momentum.moment_2]);
+        let all_f32 = [&tensor, &grad]
+            .into_iter()
+            .chain(moments.into_iter().flatten())
+            .all(|t| t.dtype() == DType::F32);
+        if !B::HOST_KERNELS || !all_f32 {
+            return self.burn.step(lr, tensor, grad, state);
+        }
+        let (dims, device) = (tensor.dims(), tensor.device());
+        let n = tensor.shape().num_elements();
+        let time = state.as_ref().map_or(0, |s| s.momentum.time) + 1;
+        let step = AdamWStep::new(
+            self.beta_1,
+            self.beta_2,
+            self.epsilon,
+            self.weight_decay,
+            lr,
+            time as i32,
+        );
+        let host = |t: Tensor<B, D>| B::host_array::<f32>(t.reshape([n]));
+        let (p, g) = (host(tensor), host(grad));
+        let moments = state.map(|s| (host(s.momentum.moment_1), host(s.momentum.moment_2)));
+        let [p, moment_1, moment_2] =
+            adamw_step(&step, &p, &g, moments.as_ref().map(|(a, b)| (&**a, &**b)));
+        let tensor = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, dims), &device);
+        let momentum = AdaptiveMomentumState {
+            time,
+            moment_1: tensor(moment_1),
+            moment_2: tensor(moment_2),
+            max_moment_2: None,
+        };
+        (tensor(p), Some(AdamWState { momentum }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
+        <AdamW as SimpleOptimizer<B>>::to_device(state, device)
+    }
+}
+
 /// Sum of squares of every gradient, kept on the device until read once.
 struct GlobalNorm<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
@@ -134,7 +219,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SplitByDecay<'_> {
             } else {
                 &mut self.not_decayed
             };
-            group.register(param.id, g * self.scale);
+            // Unclipped (`scale` 1) gradients go as they are: `g * 1` is `g`, one pass later.
+            group.register(param.id, if self.scale < 1.0 { g * self.scale } else { g });
         }
     }
 }

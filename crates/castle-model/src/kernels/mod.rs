@@ -22,6 +22,7 @@
 //!   matmul, whose output allocation is two serial passes on the calling thread.
 //! - [`simd`]: runs their elementwise loops at the CPU's widest SIMD (AVX-512, AVX2), chosen at
 //!   run time.
+//! - [`adamw`]: the optimizer's AdamW update as one parallel pass per parameter tensor.
 //! - [`heads`]: an attention kernel as one such op from its layer's projection to its merged
 //!   output, splitting heads, RoPE and merging heads included.
 //!
@@ -30,6 +31,7 @@
 //! whole number of blocks and cropped back. The burn tensor-op forms in `crate::attention` are
 //! the references these kernels are tested against.
 
+pub mod adamw;
 pub mod backend;
 pub(crate) mod blocks;
 pub mod causal_softmax;
