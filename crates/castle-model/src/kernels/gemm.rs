@@ -2,11 +2,12 @@
 //! call, since the kernels call it from their own rayon tasks.
 
 use std::fmt::Debug;
+use std::mem::MaybeUninit;
 
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::host_op::zeroed;
+use super::host_op::{written_in_chunks, zeroed};
 
 /// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
 pub trait Elem: Float + bytemuck::Pod + Send + Sync + Debug + 'static {
@@ -124,16 +125,37 @@ impl<'a, E: Elem> Mat<'a, E> {
     }
 }
 
-/// A writable packed row-major `rows x cols` matrix.
+/// A writable row-major `rows x cols` matrix with row stride `rs`: initialised, or a fresh
+/// output that only a product with `beta = 0` may write ([`MatMut::uninit`]).
 pub struct MatMut<'a, E> {
-    data: &'a mut [E],
+    data: &'a mut [MaybeUninit<E>],
     rows: usize,
     cols: usize,
     rs: usize,
+    initialized: bool,
 }
 
 impl<'a, E: Elem> MatMut<'a, E> {
     pub fn new(data: &'a mut [E], rows: usize, cols: usize, rs: usize) -> Self {
+        // SAFETY: `MaybeUninit<E>` has `E`'s layout, and nothing writes an uninitialised value
+        // through a `MatMut` (`gemm` writes floats only).
+        let data = unsafe { &mut *(data as *mut [E] as *mut [MaybeUninit<E>]) };
+        Self::view(data, rows, cols, rs, true)
+    }
+
+    /// A view of memory not yet written, for a product that overwrites it (`beta = 0`):
+    /// a fresh output needs no zero-fill pass first.
+    pub fn uninit(data: &'a mut [MaybeUninit<E>], rows: usize, cols: usize, rs: usize) -> Self {
+        Self::view(data, rows, cols, rs, false)
+    }
+
+    fn view(
+        data: &'a mut [MaybeUninit<E>],
+        rows: usize,
+        cols: usize,
+        rs: usize,
+        initialized: bool,
+    ) -> Self {
         assert!(
             rows == 0 || cols == 0 || (rows - 1) * rs + cols <= data.len(),
             "matrix view runs past its buffer"
@@ -143,6 +165,7 @@ impl<'a, E: Elem> MatMut<'a, E> {
             rows,
             cols,
             rs,
+            initialized,
         }
     }
 
@@ -169,19 +192,24 @@ pub fn gemm<E: Elem>(alpha: E, a: Mat<E>, b: Mat<E>, beta: E, c: MatMut<E>) {
         c.rows,
         c.cols
     );
+    assert!(
+        c.initialized || beta == E::zero(),
+        "gemm: accumulating into an uninitialised output"
+    );
     if c.rows == 0 || c.cols == 0 {
         return;
     }
     // SAFETY: `Mat::new`/`MatMut::new` checked that every addressed element is in bounds, and
     // `c` is borrowed mutably, so it cannot alias `a` or `b`. `gemm` computes
-    // `dst = alpha dst + beta lhs rhs` (`dst` not read when told so), column strides first, on
-    // this thread only: the kernels call it from their own rayon tasks.
+    // `dst = alpha dst + beta lhs rhs` (`dst` not read when told so, which is when `c` may be
+    // uninitialised; it then writes every element of `c`, zeros if `k = 0`), column strides
+    // first, on this thread only: the kernels call it from their own rayon tasks.
     unsafe {
         gemm::gemm(
             c.rows,
             c.cols,
             a.cols,
-            c.data.as_mut_ptr(),
+            c.data.as_mut_ptr().cast::<E>(),
             1,
             c.rs as isize,
             beta != E::zero(),
@@ -232,16 +260,21 @@ pub fn transposed<E: Elem>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
 /// the result), on rayon's workers.
 pub fn times_by_rows<E: Elem>(a: Mat<E>, b: Mat<E>, block: usize) -> Vec<E> {
     let (n, m) = (a.rows, b.cols);
-    let mut c = zeroed(n * m);
     let block = block.max(1);
-    c.par_chunks_mut((block * m).max(1))
-        .enumerate()
-        .for_each(|(i, c)| {
-            let rows = c.len() / m;
-            let a_rows = a.row_block(i * block, rows);
-            gemm(E::one(), a_rows, b, E::zero(), MatMut::new(c, rows, m, m));
-        });
-    c
+    let product = |i: usize, c: &mut [MaybeUninit<E>]| {
+        let rows = c.len() / m;
+        let a_rows = a.row_block(i * block, rows);
+        gemm(
+            E::one(),
+            a_rows,
+            b,
+            E::zero(),
+            MatMut::uninit(c, rows, m, m),
+        );
+    };
+    // SAFETY: a product with `beta = 0` (the only kind a `MatMut::uninit` admits) writes all of
+    // its output.
+    unsafe { written_in_chunks(n * m, block * m, product) }
 }
 
 /// `A^T B` (`m x k`) for packed row-major `a` (`n x m`) and `b` (`n x k`): a weight gradient,
@@ -255,12 +288,11 @@ pub fn transposed_times<E: Elem>(a: &[E], m: usize, b: &[E], k: usize, block: us
         "A^T B with {n} rows of A and {} of B",
         b.len() / k.max(1)
     );
-    let mut c = zeroed(m * k);
     if n == 0 || k == 0 {
-        return c;
+        return vec![E::zero(); m * k];
     }
     let block = block.max(1);
-    c.par_chunks_mut(block * k).enumerate().for_each(|(i, c)| {
+    let product = |i: usize, c: &mut [MaybeUninit<E>]| {
         let (first, rows) = (i * block, c.len() / k);
         // Columns `first..first + rows` of `a`, transposed: `rows x n`.
         gemm(
@@ -268,10 +300,11 @@ pub fn transposed_times<E: Elem>(a: &[E], m: usize, b: &[E], k: usize, block: us
             Mat::new(&a[first..], n, rows, m).t(),
             Mat::new(b, n, k, k),
             E::zero(),
-            MatMut::new(c, rows, k, k),
+            MatMut::uninit(c, rows, k, k),
         );
-    });
-    c
+    };
+    // SAFETY: as in `times_by_rows`.
+    unsafe { written_in_chunks(m * k, block * k, product) }
 }
 
 #[cfg(test)]
@@ -303,6 +336,35 @@ mod tests {
         let m = Mat::new(&a, 2, 3, 3);
         gemm(1.0, m, m.t(), 0.5, MatMut::new(&mut c, 2, 2, 2));
         assert_eq!(c, [14.5, 32.5, 32.5, 77.5]);
+    }
+
+    #[test]
+    fn a_fresh_output_is_overwritten_in_full_even_with_no_inner_dimension() {
+        // Garbage (NaN) stands in for the uninitialised memory a fresh output would hold.
+        let (a, b) = ([1.0f64, 2.0, 3.0, 4.0], [0.5f64, -1.0]);
+        for k in [0, 1, 2] {
+            let mut c = [MaybeUninit::new(f64::NAN); 4];
+            let (am, bm) = (Mat::new(&a[..2 * k], 2, k, k), Mat::new(&b[..k], k, 1, 1));
+            gemm(1.0, am, bm, 0.0, MatMut::uninit(&mut c[..2], 2, 1, 1));
+            let got: Vec<f64> = c[..2].iter().map(|x| unsafe { x.assume_init() }).collect();
+            let want: Vec<f64> = (0..2)
+                .map(|r| (0..k).map(|p| a[r * k + p] * b[p]).sum())
+                .collect();
+            assert_eq!(got, want, "k = {k}");
+            assert!(
+                unsafe { c[2].assume_init() }.is_nan(),
+                "wrote past the view"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "uninitialised output")]
+    fn a_product_may_not_accumulate_into_a_fresh_output() {
+        let a = [1.0f64];
+        let mut c = [MaybeUninit::new(0.0f64)];
+        let m = Mat::new(&a, 1, 1, 1);
+        gemm(1.0, m, m, 1.0, MatMut::uninit(&mut c, 1, 1, 1));
     }
 
     #[test]

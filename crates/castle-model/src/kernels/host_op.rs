@@ -9,6 +9,7 @@
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -174,15 +175,27 @@ pub(crate) fn rows_per_task(width: usize) -> usize {
 /// A zero-filled buffer of `len` elements, filled in parallel by rayon's workers: a large
 /// `vec![0; len]` is one `memset` on the calling thread while the workers wait.
 pub(crate) fn zeroed<E: Elem>(len: usize) -> Vec<E> {
+    // SAFETY: each chunk is filled in full.
+    unsafe { written_in_chunks(len, 64 * 1024, |_, c| c.fill(MaybeUninit::new(E::zero()))) }
+}
+
+/// A new buffer of `len` elements whose chunks of `chunk` elements (the last one shorter) are
+/// written in parallel by `write(i, chunk_i)`, with no zero-fill pass first: for outputs that a
+/// kernel overwrites in full.
+///
+/// # Safety
+/// `write` must write every element of the chunk it is given.
+pub(crate) unsafe fn written_in_chunks<E: Elem>(
+    len: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<E>]) + Sync,
+) -> Vec<E> {
     let mut v = Vec::with_capacity(len);
     v.spare_capacity_mut()[..len]
-        .par_chunks_mut(64 * 1024)
-        .for_each(|c| {
-            for x in c {
-                x.write(E::zero());
-            }
-        });
-    // SAFETY: the first `len` elements were all written just above.
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| write(i, c));
+    // SAFETY: the chunks cover the first `len` elements, and the caller's `write` wrote each.
     unsafe { v.set_len(len) };
     v
 }

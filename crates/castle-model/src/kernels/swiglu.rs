@@ -3,7 +3,9 @@
 
 use rayon::prelude::*;
 
-use super::host_op::{zeroed, HostOp};
+use std::mem::MaybeUninit;
+
+use super::host_op::{written_in_chunks, zeroed, HostOp};
 use super::simd::vectorized;
 use super::Elem;
 
@@ -23,20 +25,19 @@ impl HostOp<2> for SwiGluGate {
             u.len(),
             "SwiGLU gate and up projections differ in size"
         );
-        let mut out = zeroed(g.len());
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                            *o = g * E::sigmoid(g) * u;
-                        }
-                    },
-                )
-            });
-        (out, ())
+        let gate = |i: usize, o: &mut [MaybeUninit<E>]| {
+            let (g, u) = (&g[i * CHUNK..][..o.len()], &u[i * CHUNK..][..o.len()]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                        o.write(g * E::sigmoid(g) * u);
+                    }
+                },
+            )
+        };
+        // SAFETY: `gate` writes every element of its chunk.
+        (unsafe { written_in_chunks(g.len(), CHUNK, gate) }, ())
     }
 
     /// `d g = d u s (1 + g (1 - s))`, `d u = d g s` with `s = sigmoid(g)`.
