@@ -13,7 +13,7 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
+use super::host_op::written_in_chunks;
 
 /// The constants of one AdamW step `t` (counted from 1) at learning rate `lr`, in f32 as burn
 /// applies them.
@@ -60,29 +60,13 @@ pub fn adamw_step(
     if let Some((m1, m2)) = moments {
         assert!(m1.len() == n && m2.len() == n, "AdamW: moment sizes differ");
     }
-    let mut out: [Vec<f32>; 3] = std::array::from_fn(|_| Vec::with_capacity(n));
-    let [p_new, m1_new, m2_new] = out.each_mut().map(|v| &mut v.spare_capacity_mut()[..n]);
-    p_new
-        .par_chunks_mut(CHUNK)
-        .zip(m1_new.par_chunks_mut(CHUNK))
-        .zip(m2_new.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(c, ((p_new, m1_new), m2_new))| {
-            let range = c * CHUNK..c * CHUNK + p_new.len();
-            let old = moments.map(|(m1, m2)| (&m1[range.clone()], &m2[range.clone()]));
-            update(
-                step,
-                &p[range.clone()],
-                &g[range],
-                old,
-                p_new,
-                m1_new,
-                m2_new,
-            );
-        });
-    // SAFETY: `update` wrote every element of the first `n` of each buffer.
-    out.iter_mut().for_each(|v| unsafe { v.set_len(n) });
-    out
+    let chunk = |c: usize, [p_new, m1_new, m2_new]: [&mut [MaybeUninit<f32>]; 3]| {
+        let at = c * CHUNK..c * CHUNK + p_new.len();
+        let old = moments.map(|(m1, m2)| (&m1[at.clone()], &m2[at.clone()]));
+        update(step, &p[at.clone()], &g[at], old, p_new, m1_new, m2_new);
+    };
+    // SAFETY: `update` writes every element of the three chunks.
+    unsafe { written_in_chunks(n, CHUNK, chunk) }
 }
 
 /// One chunk of [`adamw_step`].

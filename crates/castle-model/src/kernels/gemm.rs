@@ -261,7 +261,7 @@ pub fn transposed<E: Elem>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
 pub fn times_by_rows<E: Elem>(a: Mat<E>, b: Mat<E>, block: usize) -> Vec<E> {
     let (n, m) = (a.rows, b.cols);
     let block = block.max(1);
-    let product = |i: usize, c: &mut [MaybeUninit<E>]| {
+    let product = |i: usize, [c]: [&mut [MaybeUninit<E>]; 1]| {
         let rows = c.len() / m;
         let a_rows = a.row_block(i * block, rows);
         gemm(
@@ -274,7 +274,8 @@ pub fn times_by_rows<E: Elem>(a: Mat<E>, b: Mat<E>, block: usize) -> Vec<E> {
     };
     // SAFETY: a product with `beta = 0` (the only kind a `MatMut::uninit` admits) writes all of
     // its output.
-    unsafe { written_in_chunks(n * m, block * m, product) }
+    let [c] = unsafe { written_in_chunks(n * m, block * m, product) };
+    c
 }
 
 /// `A^T B` (`m x k`) for packed row-major `a` (`n x m`) and `b` (`n x k`): a weight gradient,
@@ -292,7 +293,7 @@ pub fn transposed_times<E: Elem>(a: &[E], m: usize, b: &[E], k: usize, block: us
         return vec![E::zero(); m * k];
     }
     let block = block.max(1);
-    let product = |i: usize, c: &mut [MaybeUninit<E>]| {
+    let product = |i: usize, [c]: [&mut [MaybeUninit<E>]; 1]| {
         let (first, rows) = (i * block, c.len() / k);
         // Columns `first..first + rows` of `a`, transposed: `rows x n`.
         gemm(
@@ -304,7 +305,8 @@ pub fn transposed_times<E: Elem>(a: &[E], m: usize, b: &[E], k: usize, block: us
         );
     };
     // SAFETY: as in `times_by_rows`.
-    unsafe { written_in_chunks(m * k, block * k, product) }
+    let [c] = unsafe { written_in_chunks(m * k, block * k, product) };
+    c
 }
 
 #[cfg(test)]

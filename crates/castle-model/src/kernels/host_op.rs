@@ -175,27 +175,44 @@ pub(crate) fn rows_per_task(width: usize) -> usize {
 /// A zero-filled buffer of `len` elements, filled in parallel by rayon's workers: a large
 /// `vec![0; len]` is one `memset` on the calling thread while the workers wait.
 pub(crate) fn zeroed<E: Elem>(len: usize) -> Vec<E> {
-    // SAFETY: each chunk is filled in full.
-    unsafe { written_in_chunks(len, 64 * 1024, |_, c| c.fill(MaybeUninit::new(E::zero()))) }
+    let fill = |_, [c]: [&mut [MaybeUninit<E>]; 1]| c.fill(MaybeUninit::new(E::zero()));
+    // SAFETY: `fill` writes every element of its chunk.
+    let [v] = unsafe { written_in_chunks(len, 64 * 1024, fill) };
+    v
 }
 
-/// A new buffer of `len` elements whose chunks of `chunk` elements (the last one shorter) are
-/// written in parallel by `write(i, chunk_i)`, with no zero-fill pass first: for outputs that a
-/// kernel overwrites in full.
+/// `K` new buffers of `len` elements each, written in parallel with no zero-fill pass first:
+/// `write(i, chunks)` gets chunk `i` (elements `i chunk ..`, `chunk` of them or fewer at the end)
+/// of every buffer. For outputs that a kernel overwrites in full.
 ///
 /// # Safety
-/// `write` must write every element of the chunk it is given.
-pub(crate) unsafe fn written_in_chunks<E: Elem>(
+/// `write` must write every element of the chunks it is given.
+pub(crate) unsafe fn written_in_chunks<E: Elem, const K: usize>(
     len: usize,
     chunk: usize,
-    write: impl Fn(usize, &mut [MaybeUninit<E>]) + Sync,
-) -> Vec<E> {
-    let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
+    write: impl Fn(usize, [&mut [MaybeUninit<E>]; K]) + Sync,
+) -> [Vec<E>; K] {
+    let (chunk, mut out) = (
+        chunk.max(1),
+        std::array::from_fn(|_| Vec::with_capacity(len)),
+    );
+    let mut per_buffer = out.each_mut().map(|v: &mut Vec<E>| {
+        let chunks: Vec<_> = v.spare_capacity_mut()[..len].chunks_mut(chunk).collect();
+        chunks.into_iter()
+    });
+    let chunks: Vec<_> = (0..len.div_ceil(chunk))
+        .map(|_| {
+            per_buffer
+                .each_mut()
+                .map(|c| c.next().expect("K equal lengths"))
+        })
+        .collect();
+    chunks
+        .into_par_iter()
         .enumerate()
         .for_each(|(i, c)| write(i, c));
-    // SAFETY: the chunks cover the first `len` elements, and the caller's `write` wrote each.
-    unsafe { v.set_len(len) };
-    v
+    // SAFETY: the chunks cover the first `len` elements of each buffer, and the caller's
+    // `write` wrote each chunk in full.
+    out.iter_mut().for_each(|v| unsafe { v.set_len(len) });
+    out
 }

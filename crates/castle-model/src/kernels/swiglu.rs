@@ -1,11 +1,9 @@
 //! SwiGLU's gate `SiLU(g) * u`, elementwise over the MLP's hidden activations, in one parallel
 //! pass forward and one backward (burn's form is six passes forward on one core).
 
-use rayon::prelude::*;
-
 use std::mem::MaybeUninit;
 
-use super::host_op::{written_in_chunks, zeroed, HostOp};
+use super::host_op::{written_in_chunks, HostOp};
 use super::simd::vectorized;
 use super::Elem;
 
@@ -25,8 +23,9 @@ impl HostOp<2> for SwiGluGate {
             u.len(),
             "SwiGLU gate and up projections differ in size"
         );
-        let gate = |i: usize, o: &mut [MaybeUninit<E>]| {
-            let (g, u) = (&g[i * CHUNK..][..o.len()], &u[i * CHUNK..][..o.len()]);
+        let gate = |i: usize, [o]: [&mut [MaybeUninit<E>]; 1]| {
+            let at = i * CHUNK..i * CHUNK + o.len();
+            let (g, u) = (&g[at.clone()], &u[at]);
             vectorized(
                 #[inline(always)]
                 || {
@@ -37,28 +36,27 @@ impl HostOp<2> for SwiGluGate {
             )
         };
         // SAFETY: `gate` writes every element of its chunk.
-        (unsafe { written_in_chunks(g.len(), CHUNK, gate) }, ())
+        let [out] = unsafe { written_in_chunks(g.len(), CHUNK, gate) };
+        (out, ())
     }
 
     /// `d g = d u s (1 + g (1 - s))`, `d u = d g s` with `s = sigmoid(g)`.
     fn backward<E: Elem>(&self, [g, u]: [&[E]; 2], _: &(), d_out: &[E]) -> [Vec<E>; 2] {
-        let (mut dg, mut du) = (zeroed(g.len()), zeroed(g.len()));
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .zip(d_out.par_chunks(CHUNK))
-            .for_each(|(((dg, du), (g, u)), d)| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for i in 0..g.len() {
-                            let s = E::sigmoid(g[i]);
-                            dg[i] = d[i] * u[i] * s * (E::one() + g[i] * (E::one() - s));
-                            du[i] = d[i] * g[i] * s;
-                        }
-                    },
-                )
-            });
-        [dg, du]
+        let grads = |i: usize, [dg, du]: [&mut [MaybeUninit<E>]; 2]| {
+            let at = i * CHUNK..i * CHUNK + dg.len();
+            let (g, u, d) = (&g[at.clone()], &u[at.clone()], &d_out[at]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for i in 0..g.len() {
+                        let s = E::sigmoid(g[i]);
+                        dg[i].write(d[i] * u[i] * s * (E::one() + g[i] * (E::one() - s)));
+                        du[i].write(d[i] * g[i] * s);
+                    }
+                },
+            )
+        };
+        // SAFETY: `grads` writes every element of both chunks.
+        unsafe { written_in_chunks(g.len(), CHUNK, grads) }
     }
 }
