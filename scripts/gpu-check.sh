@@ -2,10 +2,13 @@
 # The one GPU check of issue 14, for a session lent an NVIDIA GPU (the device tool runs a copy of
 # the working tree on a bare machine: no Rust there). Two halves:
 #
-#   bash scripts/gpu-check.sh build     # here, on the CPU machine: CUDA-feature binaries into gpu-bin/
+#   bash scripts/gpu-check.sh build     # here, on the CPU machine: CUDA-feature binaries and the
+#                                       # corpus in one archive, gpu-check.tgz
 #   bash scripts/gpu-check.sh run       # on the GPU machine (device `run`): prints results
 #
-# `run` (carry ["gpu-bin", "data/sotu"]) executes the CubeCL kernel tests on CUDA (forward and
+# The device tool carries at most 64 MiB of ignored files: the stripped binaries are about 77 MB
+# and data/sotu 11 MB, gzipped together about 26 MB. `run` (carry ["gpu-check.tgz"]) unpacks
+# them, then executes the CubeCL kernel tests on CUDA (forward and
 # every gradient against the CPU kernels, causality, saved state), then 60 steps of small.toml for
 # each attention, then the paper's S shape (12 layers, d_model 896, L 2048) for 8 steps of each,
 # whose log lines give tokens/s; nvidia-smi's memory use is sampled alongside. Record what it
@@ -26,9 +29,12 @@ build)
     cargo build --release -p castle-train --features cuda --bin castle-train
     cp "$CARGO_TARGET_DIR/release/castle-train" "$bin/"
     strip "$bin"/*
-    du -sh "$bin"
+    bash scripts/fetch_sotu.sh
+    tar czf gpu-check.tgz "$bin" data/sotu
+    du -sh "$bin" data/sotu gpu-check.tgz
     ;;
 run)
+    [ -d "$bin" ] || tar xzf gpu-check.tgz
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     (while sleep 1; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) > /tmp/mem.log &
     sampler=$!
