@@ -22,7 +22,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
-use castle_model::kernels::adamw::{adamw_step, AdamWStep};
+use castle_model::kernels::adamw::{adamw_step_tensors, AdamWStep};
 use castle_model::{AttentionBackend, CastleLm, TrainBackend};
 
 use crate::config::TrainConfig;
@@ -154,8 +154,6 @@ impl<B: AttentionBackend> SimpleOptimizer<B> for FusedAdamW {
         if !B::HOST_KERNELS || !all_f32 {
             return self.burn.step(lr, tensor, grad, state);
         }
-        let (dims, device) = (tensor.dims(), tensor.device());
-        let n = tensor.shape().num_elements();
         let time = state.as_ref().map_or(0, |s| s.momentum.time) + 1;
         let step = AdamWStep::new(
             self.beta_1,
@@ -165,19 +163,15 @@ impl<B: AttentionBackend> SimpleOptimizer<B> for FusedAdamW {
             lr,
             time as i32,
         );
-        let host = |t: Tensor<B, D>| B::host_array::<f32>(t.reshape([n]));
-        let (p, g) = (host(tensor), host(grad));
-        let moments = state.map(|s| (host(s.momentum.moment_1), host(s.momentum.moment_2)));
-        let [p, moment_1, moment_2] =
-            adamw_step(&step, &p, &g, moments.as_ref().map(|(a, b)| (&**a, &**b)));
-        let tensor = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, dims), &device);
+        let moments = state.map(|s| (s.momentum.moment_1, s.momentum.moment_2));
+        let [p, moment_1, moment_2] = adamw_step_tensors(&step, tensor, grad, moments);
         let momentum = AdaptiveMomentumState {
             time,
-            moment_1: tensor(moment_1),
-            moment_2: tensor(moment_2),
+            moment_1,
+            moment_2,
             max_moment_2: None,
         };
-        (tensor(p), Some(AdamWState { momentum }))
+        (p, Some(AdamWState { momentum }))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {

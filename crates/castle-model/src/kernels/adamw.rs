@@ -13,6 +13,10 @@
 
 use std::mem::MaybeUninit;
 
+use burn::prelude::*;
+
+use super::backend::AttentionBackend;
+use super::host_array::from_host;
 use super::host_op::written_in_chunks;
 
 /// The constants of one AdamW step `t` (counted from 1) at learning rate `lr`, in f32 as burn
@@ -67,6 +71,22 @@ pub fn adamw_step(
     };
     // SAFETY: `update` writes every element of the three chunks.
     unsafe { written_in_chunks(n, CHUNK, chunk) }
+}
+
+/// [`adamw_step`] on a host-kernel backend's f32 tensors, read in place where the backend
+/// allows: the new `[p, m1, m2]`, each of `p`'s shape.
+pub fn adamw_step_tensors<B: AttentionBackend, const D: usize>(
+    step: &AdamWStep,
+    p: Tensor<B, D>,
+    g: Tensor<B, D>,
+    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
+) -> [Tensor<B, D>; 3] {
+    let (dims, device, n) = (p.dims(), p.device(), p.shape().num_elements());
+    let host = |t: Tensor<B, D>| B::host_array::<f32>(t.reshape([n]));
+    let (p, g) = (host(p), host(g));
+    let moments = moments.map(|(m1, m2)| (host(m1), host(m2)));
+    adamw_step(step, &p, &g, moments.as_ref().map(|(a, b)| (&**a, &**b)))
+        .map(|v| from_host(v, dims, &device))
 }
 
 /// One chunk of [`adamw_step`].
