@@ -51,10 +51,12 @@ fn castle_gradients(
 #[test]
 fn fused_castle_gradients_match_autodiff_of_theorem_1() {
     let mut seed = 0;
-    for (batch, l) in [(1, 1), (2, 7), (1, 64), (2, 100)] {
+    // Head counts (batch x heads) 2, 4, 3 and 4: the backward pass gives heads that share out
+    // evenly over rayon's threads one worker each, and the others several (`workers_per_head`).
+    for (batch, heads, l) in [(1, 2, 1), (2, 2, 7), (1, 3, 64), (2, 2, 100)] {
         for window in [None, Some(1), Some(5), Some(40)] {
             seed += 1;
-            let x = RawHeads::random([batch, 2, l, 8], seed);
+            let x = RawHeads::random([batch, heads, l, 8], seed);
             let weights = random_vec(&mut rng(seed + 1000), x.qu.len(), 1.0);
             let naive = castle_gradients(&x, window, None, &weights);
             for block in [1, 3, 16, 64] {

@@ -163,9 +163,11 @@ impl<E: Elem> Partial<E> {
     }
 }
 
-/// Backward pass of one head, given `d_out` (padded rows zero).
+/// Backward pass of one head, given `d_out` (padded rows zero), the query blocks shared among
+/// `workers` accumulators.
 pub fn backward<E: Elem>(
     g: &Blocking,
+    workers: usize,
     q: &[E],
     k: &[E],
     v: &[E],
@@ -179,6 +181,7 @@ pub fn backward<E: Elem>(
     let rows = v.len() / d;
     let v_t = transposed(v, rows, d);
     let partial = sum_over_workers(
+        workers,
         g.n,
         || Partial::zeros(len),
         |acc, i| {

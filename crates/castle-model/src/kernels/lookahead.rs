@@ -218,9 +218,11 @@ impl<E: Elem> Partial<E> {
     }
 }
 
-/// Gradients of the four lookahead inputs from `d_su = dLoss/dS_U` and the forward's state.
+/// Gradients of the four lookahead inputs from `d_su = dLoss/dS_U` and the forward's state, the
+/// owner blocks shared among `workers` accumulators.
 pub fn backward<E: Elem>(
     g: &Blocking,
+    workers: usize,
     x: &LookaheadInputs<E>,
     saved: &LookaheadSaved<E>,
     d_su: &Blocks<E>,
@@ -230,6 +232,7 @@ pub fn backward<E: Elem>(
     let LookaheadSaved { sig, diag } = saved;
     let vu_t = transposed(x.vu, g.padded(), d);
     let Partial { mut grads, mut f } = sum_over_workers(
+        workers,
         n,
         || Partial::zeros(g),
         |Partial {

@@ -55,6 +55,7 @@ pub use device::DeviceAttention;
 pub use gemm::Elem;
 
 use std::fmt::Debug;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -105,16 +106,17 @@ pub struct Causal {
 #[derive(Debug)]
 pub struct CastleSaved<E>(Vec<(LookaheadSaved<E>, SoftmaxSaved<E>)>);
 
-/// Sums `f`'s contributions over items `0..n` with one accumulator per rayon thread: item `i`
-/// goes to worker `i % T`, which balances items whose cost grows or shrinks with `i`, and keeps
-/// the number of `O(L d)` accumulators (and their allocation) at `T`.
+/// Sums `f`'s contributions over items `0..n` with one accumulator per worker: item `i` goes to
+/// worker `i % workers`, which balances items whose cost grows or shrinks with `i`, and keeps the
+/// number of `O(L d)` accumulators (their zero-fill and their merge) at `workers`.
 fn sum_over_workers<A: Send>(
+    workers: usize,
     n: usize,
     init: impl Fn() -> A + Sync,
     f: impl Fn(&mut A, usize) + Sync,
     merge: impl Fn(A, A) -> A + Sync + Send,
 ) -> A {
-    let workers = rayon::current_num_threads().clamp(1, n.max(1));
+    let workers = workers.clamp(1, n.max(1));
     (0..workers)
         .into_par_iter()
         .map(|w| {
@@ -126,6 +128,18 @@ fn sum_over_workers<A: Send>(
         .expect("at least one worker")
 }
 
+/// Workers per head for a backward pass over `heads` heads that already run in parallel: one
+/// when the heads alone share out evenly over rayon's threads (no per-worker accumulators to
+/// zero and merge), else one per thread, so that idle threads can take a share of the last heads.
+fn workers_per_head(heads: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if heads.is_multiple_of(threads) {
+        1
+    } else {
+        threads
+    }
+}
+
 /// Head `h` of `x`, zero-padded to `g.padded()` rows.
 fn head<E: Elem>(x: &[E], h: usize, g: &Blocking) -> Vec<E> {
     let mut out = x[h * g.len * g.d..(h + 1) * g.len * g.d].to_vec();
@@ -134,16 +148,16 @@ fn head<E: Elem>(x: &[E], h: usize, g: &Blocking) -> Vec<E> {
 }
 
 /// Per-head results, `N` per head, each cropped to `len` rows and packed back to
-/// `[heads, len, d]`.
-fn pack<E: Elem, const N: usize>(g: &Blocking, per_head: Vec<[Vec<E>; N]>) -> [Vec<E>; N] {
-    let size = per_head.len() * g.len * g.d;
-    let mut packed: [Vec<E>; N] = std::array::from_fn(|_| Vec::with_capacity(size));
-    for results in per_head {
-        for (all, one) in packed.iter_mut().zip(results) {
-            all.extend_from_slice(&one[..g.len * g.d]);
+/// `[heads, len, d]`, one head per parallel chunk.
+fn pack<E: Elem, const N: usize>(g: &Blocking, per_head: &[[&[E]; N]]) -> [Vec<E>; N] {
+    let size = g.len * g.d;
+    let copy = |h: usize, chunks: [&mut [MaybeUninit<E>]; N]| {
+        for (chunk, one) in chunks.into_iter().zip(per_head[h]) {
+            chunk.write_copy_of_slice(&one[..size]);
         }
-    }
-    packed
+    };
+    // SAFETY: `copy` writes every element of head `h`'s chunk of each output.
+    unsafe { host_op::written_in_chunks(per_head.len() * size, size, copy) }
 }
 
 impl HostKernel<7> for Castle {
@@ -168,7 +182,8 @@ impl HostKernel<7> for Castle {
                 )
             })
             .collect();
-        let [out] = pack(&g, heads.iter().map(|(_, s)| [s.out.clone()]).collect());
+        let outs: Vec<_> = heads.iter().map(|(_, s)| [s.out.as_slice()]).collect();
+        let [out] = pack(&g, &outs);
         (out, CastleSaved(heads))
     }
 
@@ -180,13 +195,15 @@ impl HostKernel<7> for Castle {
         d_out: &[E],
     ) -> [Vec<E>; 7] {
         let g = Blocking::new(shape.len, shape.d, self.block, self.window);
-        let grads = saved
+        let workers = workers_per_head(shape.heads);
+        let grads: Vec<[Vec<E>; 7]> = saved
             .0
             .par_iter()
             .enumerate()
             .map(|(h, (la_saved, softmax))| {
                 let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(|t| head(t, h, &g));
-                let sm = causal_softmax::backward(&g, &qc, &kc, &vc, softmax, &head(d_out, h, &g));
+                let d_out = head(d_out, h, &g);
+                let sm = causal_softmax::backward(&g, workers, &qc, &kc, &vc, softmax, &d_out);
                 let d_su = sm
                     .d_lookahead
                     .expect("the forward pass had a lookahead term");
@@ -196,11 +213,15 @@ impl HostKernel<7> for Castle {
                     vu: &vu,
                     qc: &qc_nope,
                 };
-                let la = lookahead::backward(&g, &la, la_saved, &d_su);
+                let la = lookahead::backward(&g, workers, &la, la_saved, &d_su);
                 [la.dqu, la.dku, la.dvu, sm.dq, sm.dk, sm.dv, la.dqc]
             })
             .collect();
-        pack(&g, grads)
+        let grads: Vec<[&[E]; 7]> = grads
+            .iter()
+            .map(|h| h.each_ref().map(Vec::as_slice))
+            .collect();
+        pack(&g, &grads)
     }
 }
 
@@ -216,7 +237,8 @@ impl HostKernel<3> for Causal {
                 causal_softmax::forward(&g, &q, &k, &v, None)
             })
             .collect();
-        let [out] = pack(&g, heads.iter().map(|s| [s.out.clone()]).collect());
+        let outs: Vec<_> = heads.iter().map(|s| [s.out.as_slice()]).collect();
+        let [out] = pack(&g, &outs);
         (out, heads)
     }
 
@@ -228,15 +250,21 @@ impl HostKernel<3> for Causal {
         d_out: &[E],
     ) -> [Vec<E>; 3] {
         let g = Blocking::new(shape.len, shape.d, self.block, None);
-        let grads = saved
+        let workers = workers_per_head(shape.heads);
+        let grads: Vec<[Vec<E>; 3]> = saved
             .par_iter()
             .enumerate()
             .map(|(h, softmax)| {
                 let [q, k, v] = x.map(|t| head(t, h, &g));
-                let sm = causal_softmax::backward(&g, &q, &k, &v, softmax, &head(d_out, h, &g));
+                let d_out = head(d_out, h, &g);
+                let sm = causal_softmax::backward(&g, workers, &q, &k, &v, softmax, &d_out);
                 [sm.dq, sm.dk, sm.dv]
             })
             .collect();
-        pack(&g, grads)
+        let grads: Vec<[&[E]; 3]> = grads
+            .iter()
+            .map(|h| h.each_ref().map(Vec::as_slice))
+            .collect();
+        pack(&g, &grads)
     }
 }
