@@ -106,20 +106,19 @@ fn fused_flops(l: usize, d: usize, block: usize, lookahead: Option<Option<usize>
     let pairs = (n * (n + 1) / 2) as f64; // block pairs I >= J
     let pair = gemm_flops(bs, d, bs);
     let cube = gemm_flops(bs, bs, bs);
-    // Softmax: scores and P V forward; scores, dP, dQ, dK, dV backward.
-    let mut flops = 7.0 * pairs * pair;
+    // Softmax: scores and P V forward; dP, dQ, dK, dV backward (the probabilities are kept).
+    let mut flops = 6.0 * pairs * pair;
     if let Some(window) = lookahead {
+        let in_band = |j: usize, k: usize| window.is_none_or(|w| k * bs <= j * bs + bs - 1 + w);
         let band = (0..n)
-            .map(|j| {
-                (j..n)
-                    .take_while(|&k| window.is_none_or(|w| k * bs <= j * bs + bs - 1 + w))
-                    .count()
-            })
+            .map(|j| (j..n).take_while(|&k| in_band(j, k)).count())
             .sum::<usize>() as f64;
+        // Band pairs `(J, n - 1)`: no query block after them, so no `C` step and a zero `R`.
+        let last = (0..n).filter(|&j| in_band(j, n - 1)).count() as f64;
         let strict = pairs - n as f64; // I > J
-        flops += 2.0 * n as f64 * pair // diag, forward and backward
-            + band * (4.0 * pair + cube) // forward: sig, C; backward: C, diag sig^T
-            + band * (6.0 * pair + 2.0 * cube) // backward per band pair
+        flops += 3.0 * n as f64 * pair // diag_I forward; F_K Vu_K and F_K^T Qc_K backward
+            + band * (3.0 * pair + 3.0 * cube) // sig, dQu, dKu; diag sig^T, D^T diag, D sig
+            + (band - last) * 4.0 * pair // C forward and again backward; sig^T R, R Vu^T
             + strict * 3.0 * pair; // forward Qc C^T; backward R and D C
     }
     flops

@@ -61,11 +61,18 @@ fn flop_counts_follow_the_forms() {
     let base_fused = flops(Form::BaselineFused { block: 64 });
     // Dense scores and P V, forward + backward.
     assert_eq!(base, 3.0 * 4.0 * (l * l * d) as f64);
-    // One block is the whole causal square: the fused baseline does 7 dense products.
+    // One block is the whole causal square: the fused baseline does 6 dense products.
     assert_eq!(
         call_flops(Form::BaselineFused { block: l }, l, d, 64),
-        7.0 * 2.0 * (l * l * d) as f64
+        6.0 * 2.0 * (l * l * d) as f64
     );
+    // Two blocks, counted by hand from the loops of `kernels/lookahead.rs`: 22 `bs x d x bs`
+    // and 9 `bs^3` products on top of the softmax's.
+    let (bs, d2) = (64, 32);
+    let lookahead = call_flops(Form::Fused { block: bs }, 2 * bs, d2, 64)
+        - call_flops(Form::BaselineFused { block: bs }, 2 * bs, d2, 64);
+    let (pair, cube) = (2.0 * (bs * d2 * bs) as f64, 2.0 * (bs * bs * bs) as f64);
+    assert_eq!(lookahead, 22.0 * pair + 9.0 * cube);
     assert!(naive > chunked && chunked > base);
     assert!(fused > swl && swl > base_fused && base_fused < base);
 }

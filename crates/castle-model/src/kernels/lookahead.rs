@@ -248,22 +248,26 @@ pub fn backward<E: Elem>(
                 let qc_k = g.block_rows(x.qc, k);
                 if g.in_band(j, k) {
                     let sg = g.square(sig.get(j, k));
+                    // R sums the query blocks after `k`: none after the last one.
+                    let r_is_zero = k + 1 == n;
                     let r_m = Mat::new(&r_sum, bs, d, d);
-                    gemm(s, sg.t(), r_m, E::one(), g.block_rows_mut(&mut acc.dvu, k));
+                    if !r_is_zero {
+                        gemm(s, sg.t(), r_m, E::one(), g.block_rows_mut(&mut acc.dvu, k));
+                        gemm(
+                            s,
+                            r_m,
+                            g.block_cols(&vu_t, k),
+                            E::zero(),
+                            MatMut::new(&mut dsig, bs, bs, bs),
+                        );
+                    }
                     // dsig, then dlogit = dsig (.) sig (1 - sig) in place.
-                    gemm(
-                        s,
-                        r_m,
-                        g.block_cols(&vu_t, k),
-                        E::zero(),
-                        MatMut::new(&mut dsig, bs, bs, bs),
-                    );
                     let diag_k = g.square(&diag[k]);
                     gemm(
                         E::one(),
                         d_kj.t(),
                         diag_k,
-                        E::one(),
+                        if r_is_zero { E::zero() } else { E::one() },
                         MatMut::new(&mut dsig, bs, bs, bs),
                     );
                     let sig_jk = sig.get(j, k);
