@@ -248,7 +248,8 @@ pub fn backward<E: Elem>(
                 let qc_k = g.block_rows(x.qc, k);
                 if g.in_band(j, k) {
                     let sg = g.square(sig.get(j, k));
-                    // R sums the query blocks after `k`: none after the last one.
+                    // dsig = s R Vu_K^T + D^T diag_K, then dlogit = dsig (.) sig (1 - sig) in
+                    // place. R sums the query blocks after `k`: none after the last one.
                     let r_is_zero = k + 1 == n;
                     let r_m = Mat::new(&r_sum, bs, d, d);
                     if !r_is_zero {
@@ -261,7 +262,6 @@ pub fn backward<E: Elem>(
                             MatMut::new(&mut dsig, bs, bs, bs),
                         );
                     }
-                    // dsig, then dlogit = dsig (.) sig (1 - sig) in place.
                     let diag_k = g.square(&diag[k]);
                     gemm(
                         E::one(),
