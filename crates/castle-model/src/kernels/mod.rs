@@ -149,11 +149,14 @@ fn head<E: Elem>(x: &[E], h: usize, g: &Blocking) -> Vec<E> {
 
 /// Per-head results, `N` per head, each cropped to `len` rows and packed back to
 /// `[heads, len, d]`, one head per parallel chunk.
-fn pack<E: Elem, const N: usize>(g: &Blocking, per_head: &[[&[E]; N]]) -> [Vec<E>; N] {
+fn pack<E: Elem, T: AsRef<[E]> + Sync, const N: usize>(
+    g: &Blocking,
+    per_head: &[[T; N]],
+) -> [Vec<E>; N] {
     let size = g.len * g.d;
     let copy = |h: usize, chunks: [&mut [MaybeUninit<E>]; N]| {
-        for (chunk, one) in chunks.into_iter().zip(per_head[h]) {
-            chunk.write_copy_of_slice(&one[..size]);
+        for (chunk, one) in chunks.into_iter().zip(&per_head[h]) {
+            chunk.write_copy_of_slice(&one.as_ref()[..size]);
         }
     };
     // SAFETY: `copy` writes every element of head `h`'s chunk of each output.
@@ -217,10 +220,6 @@ impl HostKernel<7> for Castle {
                 [la.dqu, la.dku, la.dvu, sm.dq, sm.dk, sm.dv, la.dqc]
             })
             .collect();
-        let grads: Vec<[&[E]; 7]> = grads
-            .iter()
-            .map(|h| h.each_ref().map(Vec::as_slice))
-            .collect();
         pack(&g, &grads)
     }
 }
@@ -260,10 +259,6 @@ impl HostKernel<3> for Causal {
                 let sm = causal_softmax::backward(&g, workers, &q, &k, &v, softmax, &d_out);
                 [sm.dq, sm.dk, sm.dv]
             })
-            .collect();
-        let grads: Vec<[&[E]; 3]> = grads
-            .iter()
-            .map(|h| h.each_ref().map(Vec::as_slice))
             .collect();
         pack(&g, &grads)
     }
