@@ -16,9 +16,9 @@ pub mod train;
 
 use std::time::Instant;
 
-use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
-use castle_model::{AttentionKind, ModelConfig};
+use castle_model::{AttentionKind, ModelConfig, TrainBackend};
+use castle_train::backend::OnBackend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -198,71 +198,71 @@ pub struct Report {
     pub seconds: f64,
 }
 
-type NdArrayB = NdArray<f32>;
-type FlexB = Flex;
-
-/// Runs the selected tables; `log` receives progress lines. Errors on a backend castle-bench
-/// does not run (the CPU backends only, for now).
+/// Runs the selected tables; `log` receives progress lines. Each backend runs its tables in
+/// turn (the first also table 3), between two readings of its matmul rate. The GPU backends need
+/// castle-bench built with their cargo feature; otherwise the error names that build.
 pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     let start = Instant::now();
     let mut report = Report::default();
-    if let Some(b) = opts
-        .backends
-        .iter()
-        .find(|b| matches!(b, BackendKind::Cuda | BackendKind::Wgpu))
-    {
-        anyhow::bail!("--backends {b}: castle-bench runs the CPU backends, flex and ndarray");
-    }
-    // The matmul rate is read at the start and again at the end of the run, and the better
-    // reading kept: on a shared machine one reading taken in a slow moment would flatter MFU.
-    let matmul_rate = |backend: BackendKind| match backend {
-        BackendKind::Ndarray => stats::matmul_rate::<NdArrayB>(opts.matmul_size, opts.reps),
-        BackendKind::Flex => stats::matmul_rate::<FlexB>(opts.matmul_size, opts.reps),
-        BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
-    };
-    for &backend in &opts.backends {
-        log(&format!("[{}] matmul rate", backend));
-        report
-            .matmul_readings
-            .push((backend, [matmul_rate(backend), f64::NAN]));
-    }
-    if opts.tables.contains(&1) {
-        for &backend in &opts.backends {
-            log(&format!("[{}] table 1: attention", backend));
-            report.attention.extend(match backend {
-                BackendKind::Ndarray => attention::table::<Autodiff<NdArrayB>>(backend, opts, log),
-                BackendKind::Flex => attention::table::<Autodiff<FlexB>>(backend, opts, log),
-                BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
-            });
-        }
-    }
-    if opts.tables.contains(&2) {
-        for &backend in &opts.backends {
-            log(&format!("[{}] table 2: training step", backend));
-            report.train.extend(match backend {
-                BackendKind::Ndarray => train::table::<Autodiff<NdArrayB>>(backend, opts, log),
-                BackendKind::Flex => train::table::<Autodiff<FlexB>>(backend, opts, log),
-                BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
-            });
-        }
-    }
-    if opts.tables.contains(&3) {
-        if let Some(&backend) = opts.backends.first() {
-            log(&format!("[{}] table 3: decoding", backend));
-            report.decode = match backend {
-                BackendKind::Ndarray => decode::table::<NdArrayB>(backend, opts, log),
-                BackendKind::Flex => decode::table::<FlexB>(backend, opts, log),
-                BackendKind::Cuda | BackendKind::Wgpu => unreachable!("refused above"),
-            };
-        }
-    }
-    for (backend, readings) in &mut report.matmul_readings {
-        log(&format!("[{}] matmul rate, again", backend));
-        readings[1] = matmul_rate(*backend);
-        report
-            .matmul_gflops
-            .push((*backend, readings[0].max(readings[1])));
+    for (i, &backend) in opts.backends.iter().enumerate() {
+        let task = OneBackend {
+            backend,
+            first: i == 0,
+            opts,
+            log: &mut *log,
+            report: &mut report,
+        };
+        castle_train::backend::dispatch(backend, task)?;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// One backend's share of [`run`].
+struct OneBackend<'a> {
+    backend: BackendKind,
+    first: bool,
+    opts: &'a Options,
+    log: &'a mut dyn FnMut(&str),
+    report: &'a mut Report,
+}
+
+impl OnBackend for OneBackend<'_> {
+    type Output = ();
+
+    fn run<B: TrainBackend>(self, _device: B::Device) -> anyhow::Result<()> {
+        let Self {
+            backend,
+            first,
+            opts,
+            log,
+            report,
+        } = self;
+        // The matmul rate is read at the start and again at the end, and the better reading
+        // kept: on a shared machine one reading taken in a slow moment would flatter MFU.
+        let rate = || stats::matmul_rate::<B::InnerBackend>(opts.matmul_size, opts.reps);
+        log(&format!("[{backend}] matmul rate"));
+        let first_reading = rate();
+        if opts.tables.contains(&1) {
+            log(&format!("[{backend}] table 1: attention"));
+            report
+                .attention
+                .extend(attention::table::<B>(backend, opts, log));
+        }
+        if opts.tables.contains(&2) {
+            log(&format!("[{backend}] table 2: training step"));
+            report.train.extend(train::table::<B>(backend, opts, log));
+        }
+        if first && opts.tables.contains(&3) {
+            log(&format!("[{backend}] table 3: decoding"));
+            report.decode = decode::table::<B::InnerBackend>(backend, opts, log);
+        }
+        log(&format!("[{backend}] matmul rate, again"));
+        let readings = [first_reading, rate()];
+        report.matmul_readings.push((backend, readings));
+        report
+            .matmul_gflops
+            .push((backend, readings[0].max(readings[1])));
+        Ok(())
+    }
 }

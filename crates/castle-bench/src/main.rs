@@ -23,7 +23,8 @@ struct Args {
     /// Tables to run, comma-separated: 1 (attention), 2 (training step), 3 (decoding).
     #[arg(long, value_delimiter = ',')]
     tables: Option<Vec<u8>>,
-    /// Backends for tables 1-2, comma-separated (flex, ndarray); the first also runs table 3.
+    /// Backends for tables 1-2, comma-separated (flex, ndarray; cuda or wgpu in a build with that
+    /// cargo feature); the first also runs table 3.
     #[arg(long, value_enum, value_delimiter = ',')]
     backends: Option<Vec<BackendKind>>,
     /// Sequence lengths of table 1.
@@ -38,6 +39,10 @@ struct Args {
     /// Block size at which to also time the tensor-op chunked form; 0 skips it.
     #[arg(long)]
     chunked_block: Option<usize>,
+    /// Side of the square matrix product that measures the matmul rate (MFU's denominator);
+    /// a GPU needs a larger one than the default 1024 to reach its rate.
+    #[arg(long)]
+    matmul_size: Option<usize>,
     /// Timed training steps per model in table 2.
     #[arg(long)]
     train_reps: Option<usize>,
@@ -78,6 +83,9 @@ fn main() -> Result<()> {
     }
     if let Some(b) = args.chunked_block {
         opts.chunked_block = (b > 0).then_some(b);
+    }
+    if let Some(n) = args.matmul_size {
+        opts.matmul_size = n;
     }
     if let Some(r) = args.train_reps {
         opts.train_reps = r;

@@ -33,12 +33,13 @@ mod backward;
 mod forward;
 mod tiles;
 
-use burn::tensor::{Shape, TensorMetadata};
+use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::{cast, into_contiguous};
-use burn_cubecl::ops::numeric::empty_device;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeRuntime, FloatElement};
 use cubecl::prelude::*;
+
+use super::tile::empty_like;
 
 /// Tile side: threads per cube, and the `TILE x TILE` shared-memory tiles (seven in the
 /// backward pass: 7 KiB of f32, inside wgpu's default 16 KiB of workgroup memory).
@@ -62,10 +63,11 @@ pub fn forward<R: CubeRuntime, F: FloatElement>(
     let g = Geometry::of::<R, F>(&x, window);
     let (l, d, w, s) = g.scalars();
     let x = x.map(into_contiguous);
-    let (client, device) = (x[0].client.clone(), x[0].device.clone());
+    let client = x[0].client.clone();
     check_bindings(&x[0], "forward", FORWARD_BINDINGS);
-    let empty = |shape: Shape| empty_device::<R, f32>(client.clone(), device.clone(), shape);
-    let out = empty_device::<R, F>(client.clone(), device.clone(), g.rows());
+    // Dense outputs: the kernels index rows as `p d + k` (CUDA's default layout pads rows).
+    let empty = |shape: Shape| empty_like(&x[0], shape, DType::F32);
+    let out = empty_like(&x[0], g.rows(), F::dtype());
     let (lse, u_final, o) = (empty(g.stats()), empty(g.rows()), empty(g.rows()));
     if g.cubes() > 0 {
         let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(CubeTensor::into_tensor_arg);
@@ -122,9 +124,9 @@ pub fn backward<R: CubeRuntime, F: FloatElement>(
     ] {
         assert_eq!(t.shape(), g.rows(), "{name}: expected shape [b, h, L, d]");
     }
-    let (client, device) = (x[0].client.clone(), x[0].device.clone());
+    let client = x[0].client.clone();
     check_bindings(&x[0], "backward", BACKWARD_BINDINGS);
-    let empty = |shape: Shape| empty_device::<R, f32>(client.clone(), device.clone(), shape);
+    let empty = |shape: Shape| empty_like(&x[0], shape, DType::F32);
     let grads: [CubeTensor<R>; 7] = std::array::from_fn(|_| empty(g.rows()));
     let [batch, heads, len, dim] = g.shape;
     let state = empty(Shape::new([2, batch, heads, len, dim]));
