@@ -11,8 +11,8 @@
 # stages ordered by value, each under its own time limit so that one slow stage cannot eat the
 # whole lease: the CubeCL kernel tests on CUDA (forward and every gradient against the CPU
 # kernels, causality, saved state); the paper's S shape (12 layers, d_model 896, L 2048) for a
-# few steps of each attention, whose log lines give tokens/s; 60 steps of small.toml for each
-# attention; castle-bench tables 2 and 1 on CUDA. nvidia-smi's memory use is sampled during each
+# few steps of each attention, whose log lines give tokens/s; castle-bench tables 1 and 2 on
+# CUDA; 60 steps of small.toml for each attention. nvidia-smi's memory use is sampled during each
 # stage. Everything printed also lands in $OUT/gpu-check.log (when $OUT is set). Record what it
 # prints in docs/benchmarks.md.
 #
@@ -94,22 +94,22 @@ run)
     "$bin/castle-train" --config configs/small.toml --dry-run --set backend.kind=\"$backend\" \
         --set model.attention=\"castle\" "${s_shape[@]}" --set train.steps=4 || true
     stage s-baseline "${S_LIMIT:-90}" "${train[@]}" --set model.attention=\"baseline\" "${s_shape[@]}" \
-        --set train.steps=6 --set run.dir=\"/tmp/runs/s-baseline\"
+        --set train.steps="${S_STEPS:-4}" --set run.dir=\"/tmp/runs/s-baseline\"
     stage s-castle "${S_LIMIT:-90}" "${train[@]}" --set model.attention=\"castle\" "${s_shape[@]}" \
-        --set train.steps=4 --set run.dir=\"/tmp/runs/s-castle\"
+        --set train.steps="${S_STEPS:-4}" --set run.dir=\"/tmp/runs/s-castle\"
+    # castle-bench: attention alone, then the training step at issue 11's shapes.
+    if [ -z "${DRY:-}" ]; then
+        stage bench-attention "${BENCH_LIMIT:-90}" "$bin/castle-bench" --backends "$backend" \
+            --tables 1 --lengths "${LENGTHS:-1024,2048,4096}" --blocks 64 --chunked-block 64 \
+            --reps 2 --matmul-size "${MATMUL:-8192}"
+        stage bench-train "${BENCH_LIMIT:-90}" "$bin/castle-bench" --backends "$backend" \
+            --tables 2 --train-reps 3 --matmul-size "${MATMUL:-8192}"
+    fi
     # The SOTU corpus (data/sotu, carried) and small.toml's tokenizer: a tiny training run.
     for a in baseline castle; do
         stage "small-$a" "${SMALL_LIMIT:-60}" "${train[@]}" --set model.attention=\"$a\" \
             --set train.steps=60 --set train.warmup_steps=10 --set run.dir=\"/tmp/runs/small-$a\"
     done
-    # castle-bench: the training step at issue 11's shapes, then attention alone.
-    if [ -z "${DRY:-}" ]; then
-        stage bench-train "${BENCH_LIMIT:-90}" "$bin/castle-bench" --backends "$backend" \
-            --tables 2 --train-reps 3 --matmul-size "${MATMUL:-8192}"
-        stage bench-attention "${BENCH_LIMIT:-90}" "$bin/castle-bench" --backends "$backend" \
-            --tables 1 --lengths "${LENGTHS:-1024,2048}" --blocks 64 --chunked-block 64 --reps 2 \
-            --matmul-size "${MATMUL:-8192}"
-    fi
     ;;
 *)
     echo "usage: $0 build|run" >&2

@@ -22,10 +22,12 @@
 //! probabilities from `lse`, and carries `D[i] = dLoss/dU` summed over later query tiles (the
 //! suffix sum mirroring `C`'s prefix sum); `castle/backward.rs` lists the gradients.
 //!
-//! One thread per tile row and one cube per head: a head's tiles run in sequence (the `U` and `D`
-//! recurrences are sequential in the query tile), so this first version's parallelism is
-//! `batch x heads x TILE` threads. Every gradient row is read-modify-written only by its head's
-//! cube, by the thread `position mod TILE`: no float atomics. Arithmetic is in `f32` whatever `F`.
+//! One cube of `TILE x TILE` units per head: a head's tiles run in sequence (the `U` and `D`
+//! recurrences are sequential in the query tile), so the parallelism is
+//! `batch x heads x TILE^2` units. Unit `(r, c)` computes tile entry `(r, c)`; in the row phases
+//! it owns columns `c, c + TILE, ...` of row `r` of a tile. Every gradient entry is
+//! read-modify-written only by its head's cube, by its one owning unit: no float atomics.
+//! Arithmetic is in `f32` whatever `F`.
 //! `s = 1/sqrt(d)` as in `crate::attention::lookahead::scale`; `qC` in `S_U` is the un-rotated
 //! query `qc_nope` (see `crate::rope`).
 
@@ -41,13 +43,12 @@ use cubecl::prelude::*;
 
 use super::tile::empty_like;
 
-/// Tile side: threads per cube, and the `TILE x TILE` shared-memory tiles (seven in the
+/// Tile side: `TILE x TILE` units per cube, and the `TILE x TILE` shared-memory tiles (seven in the
 /// backward pass: 7 KiB of f32, inside wgpu's default 16 KiB of workgroup memory).
 pub const TILE: usize = 16;
 
-/// Storage buffers the forward kernel binds: seven inputs, `out`, `lse`, `u_final` and the `f32`
-/// accumulator of `out`.
-const FORWARD_BINDINGS: u32 = 11;
+/// Storage buffers the forward kernel binds: seven inputs, `out`, `lse` and `u_final`.
+const FORWARD_BINDINGS: u32 = 10;
 
 /// Storage buffers the backward kernel binds: seven inputs, `out`, `d_out`, the two saved
 /// tensors, the `U`/`D` state and seven gradient accumulators.
@@ -68,13 +69,13 @@ pub fn forward<R: CubeRuntime, F: FloatElement>(
     // Dense outputs: the kernels index rows as `p d + k` (CUDA's default layout pads rows).
     let empty = |shape: Shape| empty_like(&x[0], shape, DType::F32);
     let out = empty_like(&x[0], g.rows(), F::dtype());
-    let (lse, u_final, o) = (empty(g.stats()), empty(g.rows()), empty(g.rows()));
+    let (lse, u_final) = (empty(g.stats()), empty(g.rows()));
     if g.cubes() > 0 {
         let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(CubeTensor::into_tensor_arg);
         forward::castle_forward_kernel::launch::<R>(
             &client,
             CubeCount::Static(g.cubes(), 1, 1),
-            CubeDim::new_1d(TILE as u32),
+            CubeDim::new_2d(TILE as u32, TILE as u32),
             qu,
             ku,
             vu,
@@ -85,12 +86,12 @@ pub fn forward<R: CubeRuntime, F: FloatElement>(
             out.clone().into_tensor_arg(),
             lse.clone().into_tensor_arg(),
             u_final.clone().into_tensor_arg(),
-            o.into_tensor_arg(),
             l,
             d,
             w,
             s,
             TILE,
+            (d as usize).div_ceil(TILE),
             window.is_some(),
             F::dtype().into(),
         );
@@ -137,7 +138,7 @@ pub fn backward<R: CubeRuntime, F: FloatElement>(
         backward::castle_backward_kernel::launch::<R>(
             &client,
             CubeCount::Static(g.cubes(), 1, 1),
-            CubeDim::new_1d(TILE as u32),
+            CubeDim::new_2d(TILE as u32, TILE as u32),
             qu,
             ku,
             vu,

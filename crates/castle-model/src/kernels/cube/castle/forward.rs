@@ -1,12 +1,15 @@
 //! The forward kernel: one cube per head walks the query tiles in order (module doc of
-//! `castle`), thread `r` holding query row `t = I T + r`'s online-softmax state `(m, l, o)` and
-//! owning the lookahead key `U[i]` of every `i = J T + r`.
+//! `castle`). Unit `(r, c)` computes the `(r, c)` entries of the `A`, `sig` and logit tiles;
+//! in the row phases it owns columns `c, c + T, ...` of query row `t = I T + r` (its output
+//! accumulator) and of owner row `i = J T + r` (its lookahead key `U[i]`). The row's softmax
+//! state `(m, l)` is kept, identically, by each of the row's `T` units.
 
 use cubecl::prelude::*;
 
-use super::tiles::{diagonal_row, dot, in_band, lookahead_score, sig_row, silu, sync_all};
+use super::super::tile::MASKED;
+use super::tiles::{diagonal_entry, dot, in_band, lookahead_score, sig_entry, silu, sync_all};
 
-/// `out`, `lse = m + ln l` per row and `u = u_final`; `o` is an `f32` scratch of `out`'s shape.
+/// `out`, `lse = m + ln l` per row and `u = u_final`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn castle_forward_kernel<F: Float>(
@@ -20,17 +23,18 @@ pub(super) fn castle_forward_kernel<F: Float>(
     out: &mut Tensor<F>,
     lse: &mut Tensor<f32>,
     u: &mut Tensor<f32>,
-    o: &mut Tensor<f32>,
     len: u32,
     dim: u32,
     window: u32,
     scale: f32,
     #[comptime] tile: usize,
+    #[comptime] slots: usize,
     #[comptime] windowed: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let bh = CUBE_POS_X as usize;
-    let r = UNIT_POS_X as usize;
+    let r = UNIT_POS_Y as usize;
+    let c = UNIT_POS_X as usize;
     let l = len as usize;
     let d = dim as usize;
     let w = window as usize;
@@ -38,12 +42,17 @@ pub(super) fn castle_forward_kernel<F: Float>(
     let n_tiles = l.div_ceil(tile);
     let mut a = SharedMemory::<f32>::new(tile * tile);
     let mut sig = SharedMemory::<f32>::new(tile * tile);
+    let mut logits = SharedMemory::<f32>::new(tile * tile);
+    // Row t's output, columns c, c + T, ...
+    let mut o = Array::<f32>::new(slots);
 
     // U = 0: no lookahead yet.
     let mut p = r;
     while p < l {
-        for k in 0..d {
+        let mut k = c;
+        while k < d {
             u[head + p * d + k] = 0.0;
+            k += tile;
         }
         p += tile;
     }
@@ -53,71 +62,92 @@ pub(super) fn castle_forward_kernel<F: Float>(
         let t = it * tile + r;
         let live = t < l;
         let row = head + t * d;
-        diagonal_row(qc_nope, vu, &mut a, head, it, l, d, scale, tile);
-        if live {
-            for k in 0..d {
-                o[row + k] = 0.0;
-            }
+        a[r * tile + c] = diagonal_entry(qc_nope, vu, head, t, it * tile + c, l, d, scale);
+        for s in 0..slots {
+            o[s] = 0.0;
         }
-        let mut m = f32::new(-1.0e30);
+        let mut m = f32::new(MASKED);
         let mut sum = 0.0f32;
         for jt in 0..it + 1 {
-            sig_row(
-                qu, ku, &mut sig, head, jt, it, l, d, w, scale, tile, windowed,
+            let band = in_band(jt, it, w, tile, windowed);
+            let owner = jt * tile + r;
+            sig[r * tile + c] = sig_entry(
+                qu,
+                ku,
+                head,
+                owner,
+                it * tile + c,
+                band,
+                l,
+                d,
+                w,
+                scale,
+                windowed,
             );
             sync_all();
-            if live {
-                for c in 0..tile {
-                    let i = jt * tile + c;
-                    if i <= t {
-                        let su = lookahead_score(
-                            qc_nope,
-                            u,
-                            &a,
-                            &sig,
-                            row,
-                            head + i * d,
-                            c,
-                            d,
-                            scale,
-                            tile,
-                        );
-                        // eq. 7, then the online softmax of eq. 8.
-                        let logit = scale * dot(qc, row, kc, head + i * d, d) - silu(su);
-                        let m_new = f32::max(m, logit);
-                        let rescale = f32::exp(m - m_new);
-                        let weight = f32::exp(logit - m_new);
-                        sum = sum * rescale + weight;
-                        for k in 0..d {
-                            o[row + k] = o[row + k] * rescale
-                                + weight * f32::cast_from(vc[head + i * d + k]);
-                        }
-                        m = m_new;
-                    }
-                }
+            // eq. 7 for query t and owner i.
+            let i = jt * tile + c;
+            let mut logit = f32::new(MASKED);
+            if live && i <= t {
+                let key = head + i * d;
+                let su = lookahead_score(qc_nope, u, &a, &sig, row, key, r, c, d, scale, tile);
+                logit = scale * dot(qc, row, kc, key, d) - silu(su);
             }
+            logits[r * tile + c] = logit;
             sync_all();
-            // U[i] += sum_j sig[i,j] vU_j: the keys as of the end of tile `it` (eq. 3-4).
-            let i = jt * tile + r;
-            if in_band(jt, it, w, tile, windowed) && i < l {
-                for k in 0..d {
+            // U[i] += sum_j sig[i,j] vU_j: the keys as of the end of tile `it` (eq. 3-4), once
+            // every query of the tile has read them.
+            if band && owner < l {
+                let mut k = c;
+                while k < d {
                     let mut acc = 0.0f32;
-                    for c in 0..tile {
-                        let j = it * tile + c;
+                    for c2 in 0..tile {
+                        let j = it * tile + c2;
                         if j < l {
-                            acc += sig[r * tile + c] * f32::cast_from(vu[head + j * d + k]);
+                            acc += sig[r * tile + c2] * f32::cast_from(vu[head + j * d + k]);
                         }
                     }
-                    u[head + i * d + k] += acc;
+                    u[head + owner * d + k] += acc;
+                    k += tile;
                 }
             }
+            // The online softmax of eq. 8 on row t.
+            let mut m_new = m;
+            for c2 in 0..tile {
+                m_new = f32::max(m_new, logits[r * tile + c2]);
+            }
+            let rescale = f32::exp(m - m_new);
+            sum *= rescale;
+            for s in 0..slots {
+                o[s] = o[s] * rescale;
+            }
+            for c2 in 0..tile {
+                let i2 = jt * tile + c2;
+                if i2 < l {
+                    let weight = f32::exp(logits[r * tile + c2] - m_new);
+                    sum += weight;
+                    for s in 0..slots {
+                        let k = c + s * tile;
+                        if k < d {
+                            o[s] = o[s] + weight * f32::cast_from(vc[head + i2 * d + k]);
+                        }
+                    }
+                }
+            }
+            m = m_new;
+            sync_all();
         }
         if live {
             let inv = 1.0 / sum;
-            for k in 0..d {
-                out[row + k] = F::cast_from(o[row + k] * inv);
+            for s in 0..slots {
+                let k = c + s * tile;
+                if k < d {
+                    out[row + k] = F::cast_from(o[s] * inv);
+                }
             }
-            lse[bh * l + t] = m + f32::ln(sum);
+            if c == 0 {
+                lse[bh * l + t] = m + f32::ln(sum);
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The `#[cube]` pieces both kernels share: the elementwise functions of eq. 3-8, the masks,
-//! and the per-thread rows of the `sig`, `A` tiles and of `S_U` (module doc of `castle`).
+//! and the entries of the `sig`, `A` tiles and of `S_U` (module doc of `castle`).
 
 use cubecl::prelude::*;
 
@@ -76,66 +76,53 @@ pub(super) fn in_band(
     band
 }
 
-/// `sig[r, c] = sigmoid(s qU_i . kU_j) Mu[i,j]` for this thread's owner `i = jt T + r` and the
-/// positions `j = it T + c < L`; all zero outside the band.
+/// `sig[i, j] = sigmoid(s qU_i . kU_j) Mu[i,j]` for owner `i` and position `j`; zero past `L`
+/// and outside the band (eq. 3-4, 9).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn sig_row<F: Float>(
+pub(super) fn sig_entry<F: Float>(
     qu: &Tensor<F>,
     ku: &Tensor<F>,
-    sig: &mut SharedMemory<f32>,
     head: usize,
-    jt: usize,
-    it: usize,
+    i: usize,
+    j: usize,
+    band: bool,
     len: usize,
     dim: usize,
     w: usize,
     scale: f32,
-    #[comptime] tile: usize,
     #[comptime] windowed: bool,
-) {
-    let r = UNIT_POS_X as usize;
-    let i = jt * tile + r;
-    let band = in_band(jt, it, w, tile, windowed);
-    for c in 0..tile {
-        let j = it * tile + c;
-        let mut val = 0.0f32;
-        if band && j < len && lookahead_mask(i, j, w, windowed) {
-            val = sigmoid(scale * dot(qu, head + i * dim, ku, head + j * dim, dim));
-        }
-        sig[r * tile + c] = val;
+) -> f32 {
+    let mut val = 0.0f32;
+    if band && j < len && lookahead_mask(i, j, w, windowed) {
+        val = sigmoid(scale * dot(qu, head + i * dim, ku, head + j * dim, dim));
     }
+    val
 }
 
-/// `A[t, c] = s qC_t . vU_j` for this thread's query `t = it T + r` and `j = it T + c <= t`,
-/// zero elsewhere (the diagonal correction of spec section 3).
+/// `A[t, j] = s qC_t . vU_j` for query `t` and `j <= t` in the same tile, zero elsewhere (the
+/// diagonal correction of spec section 3).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn diagonal_row<F: Float>(
+pub(super) fn diagonal_entry<F: Float>(
     qc_nope: &Tensor<F>,
     vu: &Tensor<F>,
-    a: &mut SharedMemory<f32>,
     head: usize,
-    it: usize,
+    t: usize,
+    j: usize,
     len: usize,
     dim: usize,
     scale: f32,
-    #[comptime] tile: usize,
-) {
-    let r = UNIT_POS_X as usize;
-    let t = it * tile + r;
-    for c in 0..tile {
-        let mut val = 0.0f32;
-        if t < len && c <= r {
-            let j = it * tile + c;
-            val = scale * dot(qc_nope, head + t * dim, vu, head + j * dim, dim);
-        }
-        a[r * tile + c] = val;
+) -> f32 {
+    let mut val = 0.0f32;
+    if t < len && j <= t {
+        val = scale * dot(qc_nope, head + t * dim, vu, head + j * dim, dim);
     }
+    val
 }
 
-/// `S_U[t, i]` for query `t = it T + r` and owner `i = jt T + c` from the keys `U` as tile `it`
-/// sees them and the current `A`, `sig` tiles (eq. 5-6).
+/// `S_U[t, i]` for query `t` (row `r` of its tile) and owner `i` (row `c` of its tile) from the
+/// keys `U` as `t`'s tile sees them and the current `A`, `sig` tiles (eq. 5-6).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn lookahead_score<F: Float>(
@@ -145,12 +132,12 @@ pub(super) fn lookahead_score<F: Float>(
     sig: &SharedMemory<f32>,
     row: usize,
     key: usize,
+    r: usize,
     c: usize,
     dim: usize,
     scale: f32,
     #[comptime] tile: usize,
 ) -> f32 {
-    let r = UNIT_POS_X as usize;
     let mut su = scale * dot(qc_nope, row, u, key, dim);
     for c2 in 0..r + 1 {
         su += a[r * tile + c2] * sig[c * tile + c2];
