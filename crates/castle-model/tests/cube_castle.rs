@@ -180,6 +180,20 @@ fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
         )
         .map(from_cube::<4>)
     };
+    // Dense outputs: the kernels index rows as `p d + k`, and CUDA's default allocation pads
+    // rows (here `lse`'s rows of 21 floats) unless asked for a contiguous layout.
+    assert!(out.is_contiguous() && saved.iter().all(|t| t.is_contiguous()));
+    let grads = castle::backward::<GpuRuntime, f32>(
+        inputs(&x),
+        window,
+        out.clone(),
+        saved.clone(),
+        d_out.clone(),
+    );
+    assert!(
+        grads.iter().all(|t| t.is_contiguous()),
+        "gradients not dense"
+    );
     let first = backward();
     assert!(
         values(saved.clone()) == before,
