@@ -70,11 +70,19 @@ pub struct TrainingMemory {
     /// The logits' gradient, allocated at the start of the backward pass while all the above
     /// is still alive (0 on CPU, where the fused head computes it in the forward pass: `head`).
     pub logits_grad: u64,
+    /// Scratch of one CASTLE device-kernel backward call (one layer's, freed when it returns;
+    /// `kernels::device::castle_backward_transient`), counted on top as the backward pass
+    /// starts with nearly all of the above alive. 0 for the baseline and off the device kernels.
+    pub attention_transient: u64,
 }
 
 impl TrainingMemory {
     pub fn activations(&self) -> u64 {
-        self.layer_activations + self.attention_state + self.head + self.logits_grad
+        self.layer_activations
+            + self.attention_state
+            + self.head
+            + self.logits_grad
+            + self.attention_transient
     }
 
     pub fn total(&self) -> u64 {
@@ -242,6 +250,15 @@ impl ModelConfig {
             attention_state,
             head: tokens * head_per_token + head_once,
             logits_grad: if host { 0 } else { tokens * vocab * 4 },
+            attention_transient: if castle && plan.attention == AttentionImpl::DeviceKernels {
+                crate::kernels::device::castle_backward_transient(
+                    plan.batch * self.n_heads(),
+                    plan.seq_len,
+                    self.head_dim,
+                )
+            } else {
+                0
+            },
         }
     }
 

@@ -76,7 +76,13 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 fn output_and_gradients_match_the_cpu_kernel() {
     const NAMES: [&str; 7] = ["qu", "ku", "vu", "qc", "kc", "vc", "qc_nope"];
     let mut seed = 100;
-    for (batch, heads, l, d) in [(1, 2, 1, 8), (2, 3, 5, 8), (1, 2, 17, 32), (2, 2, 40, 8)] {
+    for (batch, heads, l, d) in [
+        (1, 2, 1, 8),
+        (2, 3, 5, 8),
+        (1, 2, 17, 32),
+        (2, 2, 40, 8),
+        (1, 1, 70, 8),
+    ] {
         for window in [None, Some(3), Some(10)] {
             seed += 1;
             let x = RawHeads::random([batch, heads, l, d], seed);
@@ -96,20 +102,28 @@ fn output_and_gradients_match_the_cpu_kernel() {
                 &as_f32(&d_out),
             );
 
-            let case = format!("batch={batch} heads={heads} L={l} d={d} window={window:?}");
-            let (out, saved) = castle::forward::<GpuRuntime, f32>(inputs(&x), window);
-            let err = relative_error(&from_cube::<4>(out.clone()), &want_out);
-            assert!(err < 1e-4, "{case}: output relative error {err:e}");
-            let grads = castle::backward::<GpuRuntime, f32>(
-                inputs(&x),
-                window,
-                out,
-                saved,
-                to_cube(&d_out, x.shape),
-            );
-            for ((name, got), want) in NAMES.iter().zip(grads).zip(&want_grads) {
-                let err = relative_error(&from_cube::<4>(got), want);
-                assert!(err < 1e-4, "{case}: d{name} relative error {err:e}");
+            // Segments of one tile, of two, and one segment per head (the kernels' sequential
+            // form); the default is one of these at these sizes.
+            for segment in [Some(1), Some(2), Some(1000), None] {
+                let case = format!(
+                    "batch={batch} heads={heads} L={l} d={d} window={window:?} segment={segment:?}"
+                );
+                let (out, saved) =
+                    castle::forward_in_segments::<GpuRuntime, f32>(inputs(&x), window, segment);
+                let err = relative_error(&from_cube::<4>(out.clone()), &want_out);
+                assert!(err < 1e-4, "{case}: output relative error {err:e}");
+                let grads = castle::backward_in_segments::<GpuRuntime, f32>(
+                    inputs(&x),
+                    window,
+                    out,
+                    saved,
+                    to_cube(&d_out, x.shape),
+                    segment,
+                );
+                for ((name, got), want) in NAMES.iter().zip(grads).zip(&want_grads) {
+                    let err = relative_error(&from_cube::<4>(got), want);
+                    assert!(err < 1e-4, "{case}: d{name} relative error {err:e}");
+                }
             }
         }
     }

@@ -162,3 +162,57 @@ fn largest_micro_batch_fits_and_is_monotone_in_memory() {
         }
     }
 }
+
+#[test]
+fn castle_device_backward_scratch_is_one_layer_of_segment_buffers() {
+    use castle_model::kernels::device::castle_segments;
+    for kind in KINDS {
+        let config = config_of(kind);
+        // One segment per tile (1 x heads); a few; one per head (1,400 heads fill the GPU).
+        for (batch, len) in [(1, 100), (30, 200), (200, 64)] {
+            let heads = batch * config.n_heads();
+            let (_, segments) = castle_segments(heads, len, usize::MAX);
+            let slot = (7 * 4 * len * 16) as u64;
+            let exact = segments as u64 * heads as u64 * slot;
+            let device = config.training_memory(&plan(batch, len, AttentionImpl::DeviceKernels));
+            let got = device.attention_transient;
+            if kind == AttentionKind::Baseline {
+                assert_eq!(got, 0);
+            } else {
+                // An upper bound, at most about twice the kernels' allocation (which rounds
+                // the segments' length up to whole tiles).
+                assert!(
+                    exact <= got && got <= 2 * exact + heads as u64 * slot,
+                    "{kind} batch {batch}, L {len}: {got} for {exact}"
+                );
+            }
+            for other in [AttentionImpl::HostKernels, AttentionImpl::TensorOps] {
+                let m = config.training_memory(&plan(batch, len, other));
+                assert_eq!(m.attention_transient, 0, "{kind} {other:?}");
+            }
+        }
+    }
+    // The bound grows with the batch although the segments' count steps down.
+    let config = config_of(AttentionKind::Castle);
+    let scratch = |batch| {
+        config
+            .training_memory(&plan(batch, 2048, AttentionImpl::DeviceKernels))
+            .attention_transient
+    };
+    assert!((1..400).all(|b| scratch(b + 1) > scratch(b)));
+    assert_eq!(
+        castle_segments(7, 100, usize::MAX),
+        (1, 7),
+        "7 tiles, one each"
+    );
+    assert_eq!(
+        castle_segments(1400, 200, usize::MAX),
+        (13, 1),
+        "one per head"
+    );
+    assert_eq!(
+        castle_segments(120, 2048, usize::MAX),
+        (15, 9),
+        "ceil(1024 / 120) = 9"
+    );
+}

@@ -103,9 +103,13 @@ pub fn memory_summary(config: &RunConfig, vocab_size: usize) -> String {
         gib(t.gradients),
         gib(t.optimizer)
     );
+    let transient = match t.attention_transient {
+        0 => String::new(),
+        b => format!(" | attention backward scratch {}", gib(b)),
+    };
     let _ = writeln!(
         s,
-        "  activations {}: layers {} | attention {} | final norm, logits, loss {} | logits gradient {}",
+        "  activations {}: layers {} | attention {} | final norm, logits, loss {} | logits gradient {}{transient}",
         gib(t.activations()),
         gib(t.layer_activations),
         gib(t.attention_state),

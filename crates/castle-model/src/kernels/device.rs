@@ -30,6 +30,36 @@ pub enum DeviceAttention {
     Castle { window: Option<usize> },
 }
 
+/// The tile side of the CubeCL CASTLE kernels (`kernels::cube::castle::TILE`).
+pub const CASTLE_TILE: usize = 16;
+
+/// Cubes a CubeCL CASTLE call aims for (`batch x heads x segments`): enough to fill a large GPU.
+const CASTLE_TARGET_CUBES: usize = 1024;
+
+/// How the CubeCL CASTLE kernels cut `batch_heads` heads of `len` positions into segments of
+/// query tiles, `(tiles per segment, segments)`: enough segments that `batch_heads x segments`
+/// reaches [`CASTLE_TARGET_CUBES`], at most one per tile, and at most `max_segments`.
+pub fn castle_segments(batch_heads: usize, len: usize, max_segments: usize) -> (usize, usize) {
+    let tiles = len.div_ceil(CASTLE_TILE).max(1);
+    let wanted = CASTLE_TARGET_CUBES
+        .div_ceil(batch_heads.max(1))
+        .clamp(1, tiles.min(max_segments.max(1)));
+    let segment_tiles = tiles.div_ceil(wanted);
+    (segment_tiles, tiles.div_ceil(segment_tiles))
+}
+
+/// Bytes the CubeCL CASTLE backward pass allocates for the length of one call beyond its inputs
+/// and gradients, bounded above: seven `[segments, batch, heads, L, d]` f32 buffers (the
+/// segments' key sums, `D` sums, `U` and `D` state, and three partial gradients). The bound
+/// counts `min(tiles, CASTLE_TARGET_CUBES + batch_heads)` head-slots for the exact
+/// `segments x batch_heads`, which dips each time `segments` steps down as heads are added:
+/// the bound grows with `batch_heads`, so the largest micro-batch that fits is well defined.
+pub fn castle_backward_transient(batch_heads: usize, len: usize, d: usize) -> u64 {
+    let tiles = len.div_ceil(CASTLE_TILE).max(1);
+    let slots = (tiles * batch_heads).min(CASTLE_TARGET_CUBES + batch_heads);
+    7 * 4 * (slots * len * d) as u64
+}
+
 /// The output of a device kernel's forward pass and what its backward pass keeps.
 pub type DeviceForward<B> = (FloatTensor<B>, Vec<FloatTensor<B>>);
 

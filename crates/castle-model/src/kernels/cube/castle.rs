@@ -5,7 +5,8 @@
 //! Positions are cut into tiles of [`TILE`]. The chunked form's prefix sum `C[J, I]` is,
 //! transposed, the lookahead keys "as of the end of the previous query tile":
 //! `U[i] = sum_{j in tiles < I, Mu[i,j]} sig(i, j) vU_j`. So one cube per (batch, head) walks the
-//! query tiles `I` in order with `U` in an `L x d` buffer, and for every owner tile `J <= I`:
+//! query tiles `I` in order with `U` in an `L x d` buffer (but see "Segments" below), and for
+//! every owner tile `J <= I`:
 //!
 //! ```text
 //! sig[i,j]  = sigmoid(s qU_i . kU_j) Mu[i,j]          i in J, j in I   (eq. 3-4, 9; a tile)
@@ -22,11 +23,20 @@
 //! probabilities from `lse`, and carries `D[i] = dLoss/dU` summed over later query tiles (the
 //! suffix sum mirroring `C`'s prefix sum); `castle/backward.rs` lists the gradients.
 //!
-//! One cube of `TILE x TILE` units per head: a head's tiles run in sequence (the `U` and `D`
-//! recurrences are sequential in the query tile), so the parallelism is
-//! `batch x heads x TILE^2` units. Unit `(r, c)` computes tile entry `(r, c)`; in the row phases
-//! it owns columns `c, c + TILE, ...` of row `r` of a tile. Every gradient entry is
-//! read-modify-written only by its head's cube, by its one owning unit: no float atomics.
+//! Segments: `U` and `D` are sums over query tiles, so a head's query tiles are cut into
+//! segments (of `segment_tiles` tiles), one cube per (batch, head, segment). A first kernel
+//! sums each segment's terms of every key (`du`); a segment's cube starts from the earlier
+//! segments' sums and walks only its own tiles. The backward pass likewise starts each segment
+//! from `u_final` minus the later segments' terms, and from the later segments' share of `D`,
+//! which a first run of the backward kernel (`sums_only`: the scores and `dS_U` without the
+//! gradients) finds. That costs the `sig` tiles once more per direction, the backward's scores
+//! once more, and transient `segments x L x d` buffers per head; it buys `segments` times the
+//! cubes (`kernels::device::castle_segments`).
+//!
+//! Each cube has `TILE x TILE` units. Unit `(r, c)` computes tile entry `(r, c)`; in the row
+//! phases it owns columns `c, c + TILE, ...` of row `r` of a tile. Every gradient entry is
+//! read-modify-written by one unit only (owner-row gradients into its segment's partial sums,
+//! added up afterwards): no float atomics.
 //! Arithmetic is in `f32` whatever `F`.
 //! `s = 1/sqrt(d)` as in `crate::attention::lookahead::scale`; `qC` in `S_U` is the un-rotated
 //! query `qc_nope` (see `crate::rope`).
@@ -41,18 +51,20 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeRuntime, FloatElement};
 use cubecl::prelude::*;
 
+use super::super::device::{castle_segments, CASTLE_TILE};
 use super::tile::empty_like;
 
 /// Tile side: `TILE x TILE` units per cube, and the `TILE x TILE` shared-memory tiles (seven in the
 /// backward pass: 7 KiB of f32, inside wgpu's default 16 KiB of workgroup memory).
-pub const TILE: usize = 16;
+pub const TILE: usize = CASTLE_TILE;
 
-/// Storage buffers the forward kernel binds: seven inputs, `out`, `lse` and `u_final`.
-const FORWARD_BINDINGS: u32 = 10;
+/// Storage buffers the forward kernel binds: seven inputs, `out`, `lse`, `u_final`, the
+/// segments' running keys and their sums.
+const FORWARD_BINDINGS: u32 = 12;
 
 /// Storage buffers the backward kernel binds: seven inputs, `out`, `d_out`, the two saved
-/// tensors, the `U`/`D` state and seven gradient accumulators.
-const BACKWARD_BINDINGS: u32 = 19;
+/// tensors, the segments' key sums, `D` sums and `U`/`D` state, and seven gradients.
+const BACKWARD_BINDINGS: u32 = 21;
 
 /// Forward pass: `(out, [lse, u_final])`, `out` `[b, h, L, d]` in `F`, `lse` `[b, h, L]` and
 /// `u_final` `[b, h, L, d]` in `f32`. Inputs in [`crate::attention::CastleHeads`]' order
@@ -61,8 +73,19 @@ pub fn forward<R: CubeRuntime, F: FloatElement>(
     x: [CubeTensor<R>; 7],
     window: Option<usize>,
 ) -> (CubeTensor<R>, [CubeTensor<R>; 2]) {
-    let g = Geometry::of::<R, F>(&x, window);
-    let (l, d, w, s) = g.scalars();
+    forward_in_segments::<R, F>(x, window, None)
+}
+
+/// [`forward`] with each head's query tiles cut into segments of `segment_tiles` tiles (`None`:
+/// [`castle_segments`]' choice). The result does not depend on it beyond
+/// rounding.
+pub fn forward_in_segments<R: CubeRuntime, F: FloatElement>(
+    x: [CubeTensor<R>; 7],
+    window: Option<usize>,
+    segment_tiles: Option<usize>,
+) -> (CubeTensor<R>, [CubeTensor<R>; 2]) {
+    let g = Geometry::of::<R, F>(&x, window, segment_tiles);
+    let (l, d, w, seg, s) = g.scalars();
     let x = x.map(into_contiguous);
     let client = x[0].client.clone();
     check_bindings(&x[0], "forward", FORWARD_BINDINGS);
@@ -70,12 +93,33 @@ pub fn forward<R: CubeRuntime, F: FloatElement>(
     let empty = |shape: Shape| empty_like(&x[0], shape, DType::F32);
     let out = empty_like(&x[0], g.rows(), F::dtype());
     let (lse, u_final) = (empty(g.stats()), empty(g.rows()));
+    let [du, work] = [0; 2].map(|_| empty(g.per_segment()));
     if g.cubes() > 0 {
+        let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
+        if g.segments > 1 {
+            forward::segment_sums_kernel::launch::<R>(
+                &client,
+                g.cube_count(),
+                g.cube_dim(),
+                arg(&x[0]),
+                arg(&x[1]),
+                arg(&x[2]),
+                arg(&du),
+                l,
+                d,
+                w,
+                seg,
+                s,
+                TILE,
+                window.is_some(),
+                F::dtype().into(),
+            );
+        }
         let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(CubeTensor::into_tensor_arg);
         forward::castle_forward_kernel::launch::<R>(
             &client,
-            CubeCount::Static(g.cubes(), 1, 1),
-            CubeDim::new_2d(TILE as u32, TILE as u32),
+            g.cube_count(),
+            g.cube_dim(),
             qu,
             ku,
             vu,
@@ -83,12 +127,15 @@ pub fn forward<R: CubeRuntime, F: FloatElement>(
             kc,
             vc,
             qc_nope,
-            out.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            u_final.clone().into_tensor_arg(),
+            arg(&out),
+            arg(&lse),
+            arg(&u_final),
+            arg(&work),
+            arg(&du),
             l,
             d,
             w,
+            seg,
             s,
             TILE,
             (d as usize).div_ceil(TILE),
@@ -108,8 +155,20 @@ pub fn backward<R: CubeRuntime, F: FloatElement>(
     saved: [CubeTensor<R>; 2],
     d_out: CubeTensor<R>,
 ) -> [CubeTensor<R>; 7] {
-    let g = Geometry::of::<R, F>(&x, window);
-    let (l, d, w, s) = g.scalars();
+    backward_in_segments::<R, F>(x, window, out, saved, d_out, None)
+}
+
+/// [`backward`] in segments of `segment_tiles` query tiles, as [`forward_in_segments`].
+pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
+    x: [CubeTensor<R>; 7],
+    window: Option<usize>,
+    out: CubeTensor<R>,
+    saved: [CubeTensor<R>; 2],
+    d_out: CubeTensor<R>,
+    segment_tiles: Option<usize>,
+) -> [CubeTensor<R>; 7] {
+    let g = Geometry::of::<R, F>(&x, window, segment_tiles);
+    let (l, d, w, seg, s) = g.scalars();
     let x = x.map(into_contiguous);
     let [lse, u_final] = saved.map(into_contiguous);
     let (out, d_out) = (into_contiguous(out), into_contiguous(d_out));
@@ -128,46 +187,97 @@ pub fn backward<R: CubeRuntime, F: FloatElement>(
     let client = x[0].client.clone();
     check_bindings(&x[0], "backward", BACKWARD_BINDINGS);
     let empty = |shape: Shape| empty_like(&x[0], shape, DType::F32);
-    let grads: [CubeTensor<R>; 7] = std::array::from_fn(|_| empty(g.rows()));
+    // Query-row gradients (dkU, dvU, dqC, dqC_nope) and the owner-row partial sums (dqU, dkC,
+    // dvC) of every segment.
+    let rows: [CubeTensor<R>; 4] = std::array::from_fn(|_| empty(g.rows()));
+    let parts: [CubeTensor<R>; 3] = std::array::from_fn(|_| empty(g.per_segment()));
+    let [du, d_sums] = [0; 2].map(|_| empty(g.per_segment()));
     let [batch, heads, len, dim] = g.shape;
-    let state = empty(Shape::new([2, batch, heads, len, dim]));
+    let state = empty(Shape::new([2, g.segments, batch, heads, len, dim]));
     if g.cubes() > 0 {
-        let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(CubeTensor::into_tensor_arg);
-        let [g_qu, g_ku, g_vu, g_qc, g_kc, g_vc, g_qc_nope] =
-            grads.clone().map(CubeTensor::into_tensor_arg);
-        backward::castle_backward_kernel::launch::<R>(
-            &client,
-            CubeCount::Static(g.cubes(), 1, 1),
-            CubeDim::new_2d(TILE as u32, TILE as u32),
-            qu,
-            ku,
-            vu,
-            qc,
-            kc,
-            vc,
-            qc_nope,
-            out.into_tensor_arg(),
-            d_out.into_tensor_arg(),
-            lse.into_tensor_arg(),
-            u_final.into_tensor_arg(),
-            state.into_tensor_arg(),
-            g_qu,
-            g_ku,
-            g_vu,
-            g_qc,
-            g_kc,
-            g_vc,
-            g_qc_nope,
-            l,
-            d,
-            w,
-            s,
-            TILE,
-            window.is_some(),
-            F::dtype().into(),
-        );
+        let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
+        if g.segments > 1 {
+            forward::segment_sums_kernel::launch::<R>(
+                &client,
+                g.cube_count(),
+                g.cube_dim(),
+                arg(&x[0]),
+                arg(&x[1]),
+                arg(&x[2]),
+                arg(&du),
+                l,
+                d,
+                w,
+                seg,
+                s,
+                TILE,
+                window.is_some(),
+                F::dtype().into(),
+            );
+        }
+        // With one segment there are no later segments' D sums to find.
+        let passes: &[bool] = if g.segments > 1 {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        for &sums_only in passes {
+            backward::castle_backward_kernel::launch::<R>(
+                &client,
+                g.cube_count(),
+                g.cube_dim(),
+                arg(&x[0]),
+                arg(&x[1]),
+                arg(&x[2]),
+                arg(&x[3]),
+                arg(&x[4]),
+                arg(&x[5]),
+                arg(&x[6]),
+                arg(&out),
+                arg(&d_out),
+                arg(&lse),
+                arg(&u_final),
+                arg(&du),
+                arg(&d_sums),
+                arg(&state),
+                arg(&parts[0]),
+                arg(&rows[0]),
+                arg(&rows[1]),
+                arg(&rows[2]),
+                arg(&parts[1]),
+                arg(&parts[2]),
+                arg(&rows[3]),
+                l,
+                d,
+                w,
+                seg,
+                s,
+                TILE,
+                window.is_some(),
+                sums_only,
+                F::dtype().into(),
+            );
+        }
     }
-    grads.map(|t| cast(t, F::dtype()))
+    let [g_qu, g_kc, g_vc] = parts.map(|p| {
+        let sum = empty(g.rows());
+        if g.cubes() > 0 {
+            let n = sum.shape().num_elements();
+            backward::sum_segments_kernel::launch::<R>(
+                &client,
+                // At most wgpu's 65,535 cubes per grid dimension; units stride over the rest.
+                CubeCount::Static(n.div_ceil(256).min(65_535) as u32, 1, 1),
+                CubeDim::new_1d(256),
+                p.into_tensor_arg(),
+                sum.clone().into_tensor_arg(),
+                n as u32,
+                g.segments as u32,
+            );
+        }
+        sum
+    });
+    let [g_ku, g_vu, g_qc, g_qc_nope] = rows;
+    [g_qu, g_ku, g_vu, g_qc, g_kc, g_vc, g_qc_nope].map(|t| cast(t, F::dtype()))
 }
 
 /// Panics, naming the kernel, when `x`'s device cannot bind `buffers` storage buffers plus the
@@ -185,10 +295,17 @@ fn check_bindings<R: CubeRuntime>(x: &CubeTensor<R>, kernel: &str, buffers: u32)
 struct Geometry {
     shape: [usize; 4],
     window: Option<usize>,
+    /// Query tiles per segment, and segments per head.
+    segment_tiles: usize,
+    segments: usize,
 }
 
 impl Geometry {
-    fn of<R: CubeRuntime, F: FloatElement>(x: &[CubeTensor<R>; 7], window: Option<usize>) -> Self {
+    fn of<R: CubeRuntime, F: FloatElement>(
+        x: &[CubeTensor<R>; 7],
+        window: Option<usize>,
+        segment_tiles: Option<usize>,
+    ) -> Self {
         const NAMES: [&str; 7] = ["qu", "ku", "vu", "qc", "kc", "vc", "qc_nope"];
         let shape = x[0].shape();
         assert_eq!(
@@ -209,15 +326,38 @@ impl Geometry {
             );
         }
         let shape: [usize; 4] = shape.dims();
+        // The backward state holds `2 x segments` times the elements, indexed below 2^32.
+        let elements = shape.iter().product::<usize>();
+        let max_segments = u32::MAX as usize / (2 * elements).max(1);
         assert!(
-            2 * shape.iter().product::<usize>() < u32::MAX as usize,
+            max_segments >= 1,
             "CASTLE kernel: {shape:?} has too many elements (the backward state holds twice as many, below 2^32)"
         );
-        Self { shape, window }
+        let [b, h, l, _] = shape;
+        let (default_tiles, _) = castle_segments(b * h, l, max_segments);
+        let segment_tiles = segment_tiles.unwrap_or(default_tiles);
+        let segments = l.div_ceil(TILE).max(1).div_ceil(segment_tiles.max(1));
+        assert!(
+            segment_tiles > 0 && segments <= max_segments,
+            "CASTLE kernel: segments of {segment_tiles} tiles: need 1 or more, and at most \
+             {max_segments} segments at {shape:?}"
+        );
+        Self {
+            shape,
+            window,
+            segment_tiles,
+            segments,
+        }
     }
 
     fn rows(&self) -> Shape {
         Shape::new(self.shape)
+    }
+
+    /// `[segments, b, h, L, d]`: one `[b, h, L, d]` slot per segment.
+    fn per_segment(&self) -> Shape {
+        let [b, h, l, d] = self.shape;
+        Shape::new([self.segments, b, h, l, d])
     }
 
     fn stats(&self) -> Shape {
@@ -234,13 +374,24 @@ impl Geometry {
         }
     }
 
-    /// The kernels' runtime scalars `(L, d, W, s)`. A window of `L` or more is no window at all.
-    fn scalars(&self) -> (u32, u32, u32, f32) {
+    /// One cube of `TILE x TILE` units per (batch x head, segment).
+    fn cube_count(&self) -> CubeCount {
+        CubeCount::Static(self.cubes(), self.segments as u32, 1)
+    }
+
+    fn cube_dim(&self) -> CubeDim {
+        CubeDim::new_2d(TILE as u32, TILE as u32)
+    }
+
+    /// The kernels' runtime scalars `(L, d, W, segment tiles, s)`. A window of `L` or more is
+    /// no window at all.
+    fn scalars(&self) -> (u32, u32, u32, u32, f32) {
         let [_, _, l, d] = self.shape;
         (
             l as u32,
             d as u32,
             self.window.unwrap_or(l).min(l) as u32,
+            self.segment_tiles as u32,
             crate::attention::lookahead::scale(d) as f32,
         )
     }

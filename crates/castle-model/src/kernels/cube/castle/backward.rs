@@ -1,5 +1,5 @@
-//! The backward kernel: one cube per head walks the query tiles `I` downwards, recomputing the
-//! forward's tiles from `O(L d)` state. With `D[i] = dLoss/dU[i]` summed over the query tiles
+//! The backward kernel: one cube per (head, segment) walks the segment's query tiles `I`
+//! downwards, recomputing the forward's tiles from `O(L d)` state. With `D[i] = dLoss/dU[i]` summed over the query tiles
 //! after `I` (so `D` is the gradient of every `sig[i,j] vU_j` with `j` in `I`), for each owner
 //! tile `J <= I`:
 //!
@@ -19,16 +19,25 @@
 //! (`sig`, `A`, `p`, `dl`, `dsu`, `draw`, `dA`); in the row phases it owns columns
 //! `c, c + T, ...` of row `I T + r` (query `t` in (3), position `j` in (1), (5) and the `dA`
 //! step) and of owner row `J T + r` in (2), (4). Each gradient entry has one owner: no atomics.
+//!
+//! Segments: `U` at the end of segment `g` is `u_final` minus the later segments' terms `du`,
+//! and `D` there is the later segments' share of `dLoss/dU`, `d_sums`. So the kernel runs twice:
+//! with `sums_only` it walks (2) and (3) and writes its segment's `D` sum into `d_sums[g]`;
+//! then in full, starting from the later segments' `d_sums`. Query-row gradients belong to
+//! the segment; the owner-row ones (`dqU`, `dkC`, `dvC`) go to segment `g`'s partial sums.
 
 use cubecl::prelude::*;
 
 use super::tiles::{
-    diagonal_entry, dot, in_band, lookahead_mask, lookahead_score, sig_entry, silu, silu_grad,
-    sync_all,
+    diagonal_entry, dot, in_band, lookahead_mask, lookahead_score, segment_end, sig_entry, silu,
+    silu_grad, sync_all, tile_lookahead,
 };
 
-/// The seven gradients (f32, same shapes as the inputs) from the forward's `out`, `lse`,
-/// `u_final` and `d_out`; `state` (`[2, b, h, L, d]`) holds the working `U` and `D`.
+/// The seven gradients (f32) from the forward's `out`, `lse`, `u_final` and `d_out`, for the
+/// rows of segment `CUBE_POS_Y`: the query-row ones (`dkU`, `dvU`, `dqC`, `dqC_nope`, shaped as
+/// the inputs) and the owner-row partial sums (`dqU`, `dkC`, `dvC`, `[segments, b, h, L, d]`).
+/// `du` and `d_sums` are `[segments, b, h, L, d]`; `state` (`[2, segments, b, h, L, d]`) holds
+/// each segment's working `U` and `D`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn castle_backward_kernel<F: Float>(
@@ -43,6 +52,8 @@ pub(super) fn castle_backward_kernel<F: Float>(
     d_out: &Tensor<F>,
     lse: &Tensor<f32>,
     u_final: &Tensor<f32>,
+    du: &Tensor<f32>,
+    d_sums: &mut Tensor<f32>,
     state: &mut Tensor<f32>,
     g_qu: &mut Tensor<f32>,
     g_ku: &mut Tensor<f32>,
@@ -54,12 +65,16 @@ pub(super) fn castle_backward_kernel<F: Float>(
     len: u32,
     dim: u32,
     window: u32,
+    seg: u32,
     scale: f32,
     #[comptime] tile: usize,
     #[comptime] windowed: bool,
+    #[comptime] sums_only: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let bh = CUBE_POS_X as usize;
+    let g = CUBE_POS_Y as usize;
+    let segments = CUBE_COUNT_Y as usize;
     let r = UNIT_POS_Y as usize;
     let c = UNIT_POS_X as usize;
     let l = len as usize;
@@ -67,9 +82,13 @@ pub(super) fn castle_backward_kernel<F: Float>(
     let w = window as usize;
     let s = scale;
     let head = bh * l * d;
-    // D[i] lives at `dd + head + i d`, after every head's U.
+    let slot = CUBE_COUNT_X as usize * l * d;
+    // This segment's U[i] lives at `uw + i d`, its D[i] at `dd + uw + i d`, its owner-row
+    // partial gradients at `uw + i d`.
+    let uw = g * slot + head;
     let dd = state.len() / 2;
-    let n_tiles = l.div_ceil(tile);
+    let lo = g * seg as usize;
+    let hi = segment_end(lo, seg as usize, l.div_ceil(tile));
     let mut a = SharedMemory::<f32>::new(tile * tile);
     let mut sig = SharedMemory::<f32>::new(tile * tile);
     let mut prob = SharedMemory::<f32>::new(tile * tile);
@@ -78,29 +97,41 @@ pub(super) fn castle_backward_kernel<F: Float>(
     let mut da = SharedMemory::<f32>::new(tile * tile);
     let mut draw = SharedMemory::<f32>::new(tile * tile);
 
-    // U = u_final, D = 0, gradients 0, on the entries this unit owns.
+    // U and D at the segment's end, gradients 0, on the entries this unit owns.
     let mut p = r;
     while p < l {
         let mut k = c;
         while k < d {
             let e = head + p * d + k;
-            state[e] = u_final[e];
-            state[dd + e] = 0.0;
-            g_qu[e] = 0.0;
-            g_ku[e] = 0.0;
-            g_vu[e] = 0.0;
-            g_qc[e] = 0.0;
-            g_kc[e] = 0.0;
-            g_vc[e] = 0.0;
-            g_qc_nope[e] = 0.0;
+            let mut u = u_final[e];
+            let mut dv = 0.0f32;
+            for g2 in g + 1..segments {
+                u -= du[g2 * slot + e];
+                if !sums_only {
+                    dv += d_sums[g2 * slot + e];
+                }
+            }
+            state[uw + p * d + k] = u;
+            state[dd + uw + p * d + k] = dv;
+            if !sums_only {
+                g_qu[uw + p * d + k] = 0.0;
+                g_kc[uw + p * d + k] = 0.0;
+                g_vc[uw + p * d + k] = 0.0;
+                if p >= lo * tile && p < hi * tile {
+                    g_ku[e] = 0.0;
+                    g_vu[e] = 0.0;
+                    g_qc[e] = 0.0;
+                    g_qc_nope[e] = 0.0;
+                }
+            }
             k += tile;
         }
         p += tile;
     }
     sync_all();
 
-    for it_rev in 0..n_tiles {
-        let it = n_tiles - 1 - it_rev;
+    for it_rev in lo..hi {
+        let it = hi - 1 - (it_rev - lo);
         let t = it * tile + r;
         let live = t < l;
         let row = head + t * d;
@@ -115,20 +146,20 @@ pub(super) fn castle_backward_kernel<F: Float>(
         for jt in 0..it + 1 {
             let band = in_band(jt, it, w, tile, windowed);
             let own = jt * tile + r;
-            let own_row = head + own * d;
+            let own_w = uw + own * d;
             sig[r * tile + c] =
                 sig_entry(qu, ku, head, own, it * tile + c, band, l, d, w, s, windowed);
             sync_all();
             if band {
                 // (1) position j = t, D still without tile `it`.
-                if live {
+                if live && !sums_only {
                     let mut k = c;
                     while k < d {
                         let mut acc = 0.0f32;
                         for c2 in 0..tile {
                             let i = jt * tile + c2;
                             if i < l {
-                                acc += sig[c2 * tile + r] * state[dd + head + i * d + k];
+                                acc += sig[c2 * tile + r] * state[dd + uw + i * d + k];
                             }
                         }
                         g_vu[row + k] += acc;
@@ -139,14 +170,7 @@ pub(super) fn castle_backward_kernel<F: Float>(
                 if own < l {
                     let mut k = c;
                     while k < d {
-                        let mut acc = 0.0f32;
-                        for c2 in 0..tile {
-                            let j = it * tile + c2;
-                            if j < l {
-                                acc += sig[r * tile + c2] * f32::cast_from(vu[head + j * d + k]);
-                            }
-                        }
-                        state[own_row + k] -= acc;
+                        state[own_w + k] -= tile_lookahead(&sig, vu, head, it, l, d, r, k, tile);
                         k += tile;
                     }
                 }
@@ -159,7 +183,8 @@ pub(super) fn castle_backward_kernel<F: Float>(
             let mut dsv = 0.0f32;
             if live && i <= t {
                 let key = head + i * d;
-                let su = lookahead_score(qc_nope, state, &a, &sig, row, key, r, c, d, s, tile);
+                let key_u = uw + i * d;
+                let su = lookahead_score(qc_nope, state, &a, &sig, row, key_u, r, c, d, s, tile);
                 let logit = s * dot(qc, row, kc, key, d) - silu(su);
                 pv = f32::exp(logit - lse_t);
                 dlv = pv * (dot(d_out, row, vc, key, d) - delta);
@@ -170,7 +195,7 @@ pub(super) fn castle_backward_kernel<F: Float>(
             dsu[r * tile + c] = dsv;
             sync_all();
             // (3) continued, query t: dqC_t, dqC_nope_t and dA[t, j].
-            if live {
+            if live && !sums_only {
                 let mut k = c;
                 while k < d {
                     let mut dq = 0.0f32;
@@ -178,9 +203,8 @@ pub(super) fn castle_backward_kernel<F: Float>(
                     for c2 in 0..tile {
                         let i2 = jt * tile + c2;
                         if i2 < l {
-                            let key = head + i2 * d + k;
-                            dq += dl[r * tile + c2] * f32::cast_from(kc[key]);
-                            dq_nope += dsu[r * tile + c2] * state[key];
+                            dq += dl[r * tile + c2] * f32::cast_from(kc[head + i2 * d + k]);
+                            dq_nope += dsu[r * tile + c2] * state[uw + i2 * d + k];
                         }
                     }
                     g_qc[row + k] += s * dq;
@@ -196,8 +220,8 @@ pub(super) fn castle_backward_kernel<F: Float>(
             // (4) owner `own`, position j: dsig uses D[own] before D takes tile `it`'s share.
             let j = it * tile + c;
             let mut val = 0.0f32;
-            if own < l && band && j < l && lookahead_mask(own, j, w, windowed) {
-                let mut ds = dot(state, dd + own_row, vu, head + j * d, d);
+            if !sums_only && own < l && band && j < l && lookahead_mask(own, j, w, windowed) {
+                let mut ds = dot(state, dd + own_w, vu, head + j * d, d);
                 for c3 in c..tile {
                     ds += dsu[c3 * tile + r] * a[c3 * tile + c];
                 }
@@ -218,21 +242,25 @@ pub(super) fn castle_backward_kernel<F: Float>(
                         let pos = it * tile + c2;
                         if pos < l {
                             let q = head + pos * d + k;
-                            dk += dl[c2 * tile + r] * f32::cast_from(qc[q]);
-                            dv += prob[c2 * tile + r] * f32::cast_from(d_out[q]);
                             dd_k += dsu[c2 * tile + r] * f32::cast_from(qc_nope[q]);
-                            dq += draw[r * tile + c2] * f32::cast_from(ku[q]);
+                            if !sums_only {
+                                dk += dl[c2 * tile + r] * f32::cast_from(qc[q]);
+                                dv += prob[c2 * tile + r] * f32::cast_from(d_out[q]);
+                                dq += draw[r * tile + c2] * f32::cast_from(ku[q]);
+                            }
                         }
                     }
-                    g_kc[own_row + k] += s * dk;
-                    g_vc[own_row + k] += dv;
-                    g_qu[own_row + k] += s * dq;
-                    state[dd + own_row + k] += s * dd_k;
+                    if !sums_only {
+                        g_kc[own_w + k] += s * dk;
+                        g_vc[own_w + k] += dv;
+                        g_qu[own_w + k] += s * dq;
+                    }
+                    state[dd + own_w + k] += s * dd_k;
                     k += tile;
                 }
             }
             // (5) position j = t.
-            if band && live {
+            if band && live && !sums_only {
                 let mut k = c;
                 while k < d {
                     let mut acc = 0.0f32;
@@ -249,7 +277,7 @@ pub(super) fn castle_backward_kernel<F: Float>(
             sync_all();
         }
         // The diagonal correction's own gradient: A[t,j] = s qC_nope_t . vU_j.
-        if live {
+        if live && !sums_only {
             let mut k = c;
             while k < d {
                 let mut dq = 0.0f32;
@@ -272,5 +300,38 @@ pub(super) fn castle_backward_kernel<F: Float>(
             }
         }
         sync_all();
+    }
+    // This segment's share of D, for the earlier segments. Unit (r, c) wrote these entries.
+    if sums_only {
+        let mut p = r;
+        while p < l {
+            let mut k = c;
+            while k < d {
+                d_sums[uw + p * d + k] = state[dd + uw + p * d + k];
+                k += tile;
+            }
+            p += tile;
+        }
+    }
+}
+
+/// `sum[e] = sum_g parts[g][e]` over `segments` slots of `n` elements: the owner-row
+/// gradients from every segment's partial sums.
+#[cube(launch)]
+pub(super) fn sum_segments_kernel(
+    parts: &Tensor<f32>,
+    sum: &mut Tensor<f32>,
+    n: u32,
+    segments: u32,
+) {
+    let n = n as usize;
+    let mut e = ABSOLUTE_POS;
+    while e < n {
+        let mut acc = 0.0f32;
+        for g in 0..segments as usize {
+            acc += parts[g * n + e];
+        }
+        sum[e] = acc;
+        e += CUBE_COUNT * CUBE_DIM as usize;
     }
 }

@@ -1,4 +1,6 @@
-//! The forward kernel: one cube per head walks the query tiles in order (module doc of
+//! The forward kernels. `segment_sums_kernel`: one cube per (head, segment) sums its segment's
+//! terms of every lookahead key. `castle_forward_kernel`: one cube per (head, segment) starts
+//! from the earlier segments' sums and walks its query tiles in order (module doc of
 //! `castle`). Unit `(r, c)` computes the `(r, c)` entries of the `A`, `sig` and logit tiles;
 //! in the row phases it owns columns `c, c + T, ...` of query row `t = I T + r` (its output
 //! accumulator) and of owner row `i = J T + r` (its lookahead key `U[i]`). The row's softmax
@@ -7,9 +9,74 @@
 use cubecl::prelude::*;
 
 use super::super::tile::MASKED;
-use super::tiles::{diagonal_entry, dot, in_band, lookahead_score, sig_entry, silu, sync_all};
+use super::tiles::{
+    diagonal_entry, dot, in_band, lookahead_score, segment_end, sig_entry, silu, sync_all,
+    tile_lookahead,
+};
 
-/// `out`, `lse = m + ln l` per row and `u = u_final`.
+/// `du[g][i] = sum_{j in segment g} sig[i,j] vU_j` for every owner `i` (zero for owners after
+/// the segment): segment `g`'s terms of the lookahead keys (eq. 3-4). `du` is
+/// `[segments, b, h, L, d]`; a segment is `seg` query tiles.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn segment_sums_kernel<F: Float>(
+    qu: &Tensor<F>,
+    ku: &Tensor<F>,
+    vu: &Tensor<F>,
+    du: &mut Tensor<f32>,
+    len: u32,
+    dim: u32,
+    window: u32,
+    seg: u32,
+    scale: f32,
+    #[comptime] tile: usize,
+    #[comptime] windowed: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let bh = CUBE_POS_X as usize;
+    let g = CUBE_POS_Y as usize;
+    let r = UNIT_POS_Y as usize;
+    let c = UNIT_POS_X as usize;
+    let l = len as usize;
+    let d = dim as usize;
+    let w = window as usize;
+    let head = bh * l * d;
+    let mine = g * CUBE_COUNT_X as usize * l * d + head;
+    let lo = g * seg as usize;
+    let hi = segment_end(lo, seg as usize, l.div_ceil(tile));
+    let mut sig = SharedMemory::<f32>::new(tile * tile);
+    let mut p = r;
+    while p < l {
+        let mut k = c;
+        while k < d {
+            du[mine + p * d + k] = 0.0;
+            k += tile;
+        }
+        p += tile;
+    }
+    for it in lo..hi {
+        for jt in 0..it + 1 {
+            let band = in_band(jt, it, w, tile, windowed);
+            let owner = jt * tile + r;
+            let j = it * tile + c;
+            sig[r * tile + c] = sig_entry(qu, ku, head, owner, j, band, l, d, w, scale, windowed);
+            sync_all();
+            if band && owner < l {
+                let mut k = c;
+                while k < d {
+                    du[mine + owner * d + k] +=
+                        tile_lookahead(&sig, vu, head, it, l, d, r, k, tile);
+                    k += tile;
+                }
+            }
+            sync_all();
+        }
+    }
+}
+
+/// `out` and `lse = m + ln l` for the rows of segment `CUBE_POS_Y`; the last segment also writes
+/// `u = u_final`. `work` (`[segments, b, h, L, d]`) holds each segment's running `U`, which
+/// starts as the earlier segments' sums in `du`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn castle_forward_kernel<F: Float>(
@@ -23,9 +90,12 @@ pub(super) fn castle_forward_kernel<F: Float>(
     out: &mut Tensor<F>,
     lse: &mut Tensor<f32>,
     u: &mut Tensor<f32>,
+    work: &mut Tensor<f32>,
+    du: &Tensor<f32>,
     len: u32,
     dim: u32,
     window: u32,
+    seg: u32,
     scale: f32,
     #[comptime] tile: usize,
     #[comptime] slots: usize,
@@ -33,32 +103,41 @@ pub(super) fn castle_forward_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let bh = CUBE_POS_X as usize;
+    let g = CUBE_POS_Y as usize;
     let r = UNIT_POS_Y as usize;
     let c = UNIT_POS_X as usize;
     let l = len as usize;
     let d = dim as usize;
     let w = window as usize;
     let head = bh * l * d;
-    let n_tiles = l.div_ceil(tile);
+    let slot = CUBE_COUNT_X as usize * l * d;
+    // This segment's running keys: `U[i]` at `uw + i d`.
+    let uw = g * slot + head;
+    let lo = g * seg as usize;
+    let hi = segment_end(lo, seg as usize, l.div_ceil(tile));
     let mut a = SharedMemory::<f32>::new(tile * tile);
     let mut sig = SharedMemory::<f32>::new(tile * tile);
     let mut logits = SharedMemory::<f32>::new(tile * tile);
     // Row t's output, columns c, c + T, ...
     let mut o = Array::<f32>::new(slots);
 
-    // U = 0: no lookahead yet.
+    // U = the earlier segments' terms.
     let mut p = r;
     while p < l {
         let mut k = c;
         while k < d {
-            u[head + p * d + k] = 0.0;
+            let mut acc = 0.0f32;
+            for g2 in 0..g {
+                acc += du[g2 * slot + head + p * d + k];
+            }
+            work[uw + p * d + k] = acc;
             k += tile;
         }
         p += tile;
     }
     sync_all();
 
-    for it in 0..n_tiles {
+    for it in lo..hi {
         let t = it * tile + r;
         let live = t < l;
         let row = head + t * d;
@@ -90,7 +169,8 @@ pub(super) fn castle_forward_kernel<F: Float>(
             let mut logit = f32::new(MASKED);
             if live && i <= t {
                 let key = head + i * d;
-                let su = lookahead_score(qc_nope, u, &a, &sig, row, key, r, c, d, scale, tile);
+                let key_u = uw + i * d;
+                let su = lookahead_score(qc_nope, work, &a, &sig, row, key_u, r, c, d, scale, tile);
                 logit = scale * dot(qc, row, kc, key, d) - silu(su);
             }
             logits[r * tile + c] = logit;
@@ -100,14 +180,8 @@ pub(super) fn castle_forward_kernel<F: Float>(
             if band && owner < l {
                 let mut k = c;
                 while k < d {
-                    let mut acc = 0.0f32;
-                    for c2 in 0..tile {
-                        let j = it * tile + c2;
-                        if j < l {
-                            acc += sig[r * tile + c2] * f32::cast_from(vu[head + j * d + k]);
-                        }
-                    }
-                    u[head + owner * d + k] += acc;
+                    work[uw + owner * d + k] +=
+                        tile_lookahead(&sig, vu, head, it, l, d, r, k, tile);
                     k += tile;
                 }
             }
@@ -148,6 +222,19 @@ pub(super) fn castle_forward_kernel<F: Float>(
             if c == 0 {
                 lse[bh * l + t] = m + f32::ln(sum);
             }
+        }
+    }
+    // After the last segment, U is every key's final lookahead key. Unit (r, c) wrote these
+    // entries of `work` itself.
+    if g == CUBE_COUNT_Y as usize - 1 {
+        let mut p = r;
+        while p < l {
+            let mut k = c;
+            while k < d {
+                u[head + p * d + k] = work[uw + p * d + k];
+                k += tile;
+            }
+            p += tile;
         }
     }
 }

@@ -144,3 +144,38 @@ pub(super) fn lookahead_score<F: Float>(
     }
     su
 }
+
+/// `sum_j sig[i, j] vU_j[k]` over the positions `j = it T + c2 < L` of the current `sig` tile,
+/// for owner row `r` of the tile: owner `i`'s share of tile `it` in its lookahead key (eq. 3-4).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tile_lookahead<F: Float>(
+    sig: &SharedMemory<f32>,
+    vu: &Tensor<F>,
+    head: usize,
+    it: usize,
+    len: usize,
+    dim: usize,
+    r: usize,
+    k: usize,
+    #[comptime] tile: usize,
+) -> f32 {
+    let mut acc = 0.0f32;
+    for c2 in 0..tile {
+        let j = it * tile + c2;
+        if j < len {
+            acc += sig[r * tile + c2] * f32::cast_from(vu[head + j * dim + k]);
+        }
+    }
+    acc
+}
+
+/// The query tile after segment `[lo, lo + seg)`, at most `n`.
+#[cube]
+pub(super) fn segment_end(lo: usize, seg: usize, n: usize) -> usize {
+    let mut hi = lo + seg;
+    if hi > n {
+        hi = n;
+    }
+    hi
+}
