@@ -77,8 +77,7 @@ pub fn forward<R: CubeRuntime, F: FloatElement>(
 }
 
 /// [`forward`] with each head's query tiles cut into segments of `segment_tiles` tiles (`None`:
-/// [`castle_segments`]' choice). The result does not depend on it beyond
-/// rounding.
+/// [`castle_segments`]' choice). The result does not depend on it beyond rounding.
 pub fn forward_in_segments<R: CubeRuntime, F: FloatElement>(
     x: [CubeTensor<R>; 7],
     window: Option<usize>,
@@ -93,28 +92,10 @@ pub fn forward_in_segments<R: CubeRuntime, F: FloatElement>(
     let empty = |shape: Shape| empty_like(&x[0], shape, DType::F32);
     let out = empty_like(&x[0], g.rows(), F::dtype());
     let (lse, u_final) = (empty(g.stats()), empty(g.rows()));
-    let [du, work] = [0; 2].map(|_| empty(g.per_segment()));
+    let (du, work) = (empty(g.other_segments()), empty(g.per_segment()));
     if g.cubes() > 0 {
         let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
-        if g.segments > 1 {
-            forward::segment_sums_kernel::launch::<R>(
-                &client,
-                g.cube_count(),
-                g.cube_dim(),
-                arg(&x[0]),
-                arg(&x[1]),
-                arg(&x[2]),
-                arg(&du),
-                l,
-                d,
-                w,
-                seg,
-                s,
-                TILE,
-                window.is_some(),
-                F::dtype().into(),
-            );
-        }
+        segment_sums::<R, F>(&g, &x, &du);
         let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(CubeTensor::into_tensor_arg);
         forward::castle_forward_kernel::launch::<R>(
             &client,
@@ -191,30 +172,12 @@ pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
     // dvC) of every segment.
     let rows: [CubeTensor<R>; 4] = std::array::from_fn(|_| empty(g.rows()));
     let parts: [CubeTensor<R>; 3] = std::array::from_fn(|_| empty(g.per_segment()));
-    let [du, d_sums] = [0; 2].map(|_| empty(g.per_segment()));
+    let [du, d_sums] = [0; 2].map(|_| empty(g.other_segments()));
     let [batch, heads, len, dim] = g.shape;
     let state = empty(Shape::new([2, g.segments, batch, heads, len, dim]));
     if g.cubes() > 0 {
         let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
-        if g.segments > 1 {
-            forward::segment_sums_kernel::launch::<R>(
-                &client,
-                g.cube_count(),
-                g.cube_dim(),
-                arg(&x[0]),
-                arg(&x[1]),
-                arg(&x[2]),
-                arg(&du),
-                l,
-                d,
-                w,
-                seg,
-                s,
-                TILE,
-                window.is_some(),
-                F::dtype().into(),
-            );
-        }
+        segment_sums::<R, F>(&g, &x, &du);
         // With one segment there are no later segments' D sums to find.
         let passes: &[bool] = if g.segments > 1 {
             &[true, false]
@@ -278,6 +241,37 @@ pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
     });
     let [g_ku, g_vu, g_qc, g_qc_nope] = rows;
     [g_qu, g_ku, g_vu, g_qc, g_kc, g_vc, g_qc_nope].map(|t| cast(t, F::dtype()))
+}
+
+/// Each segment's terms of every lookahead key into `du` (`[segments, b, h, L, d]`); nothing
+/// with one segment, which starts from no other segment's sums.
+fn segment_sums<R: CubeRuntime, F: FloatElement>(
+    g: &Geometry,
+    x: &[CubeTensor<R>; 7],
+    du: &CubeTensor<R>,
+) {
+    if g.segments == 1 || g.cubes() == 0 {
+        return;
+    }
+    let (l, d, w, seg, s) = g.scalars();
+    let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
+    forward::segment_sums_kernel::launch::<R>(
+        &x[0].client,
+        g.cube_count(),
+        g.cube_dim(),
+        arg(&x[0]),
+        arg(&x[1]),
+        arg(&x[2]),
+        arg(du),
+        l,
+        d,
+        w,
+        seg,
+        s,
+        TILE,
+        g.window.is_some(),
+        F::dtype().into(),
+    );
 }
 
 /// Panics, naming the kernel, when `x`'s device cannot bind `buffers` storage buffers plus the
@@ -358,6 +352,16 @@ impl Geometry {
     fn per_segment(&self) -> Shape {
         let [b, h, l, d] = self.shape;
         Shape::new([self.segments, b, h, l, d])
+    }
+
+    /// [`Self::per_segment`] for what a segment reads of the others (`du`, `d_sums`): a
+    /// placeholder of one element with one segment, where nothing reads it.
+    fn other_segments(&self) -> Shape {
+        if self.segments == 1 {
+            Shape::new([1])
+        } else {
+            self.per_segment()
+        }
     }
 
     fn stats(&self) -> Shape {
