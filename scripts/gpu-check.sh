@@ -7,7 +7,7 @@
 #   bash scripts/gpu-check.sh run       # on the GPU machine (device `run`): prints results
 #
 # The device tool carries at most 64 MiB of ignored files: the stripped binaries and data/sotu,
-# gzipped together, come to about 30 MB. `run` (carry ["gpu-check.tgz"]) unpacks them and runs
+# gzipped together, come to about 35 MB. `run` (carry ["gpu-check.tgz"]) unpacks them and runs
 # stages ordered by value, each under its own time limit so that one slow stage cannot eat the
 # whole lease: the CubeCL kernel tests on CUDA (forward and every gradient against the CPU
 # kernels, causality, saved state); the paper's S shape (12 layers, d_model 896, L 2048) for a
