@@ -103,4 +103,12 @@ impl<E: Elem> Blocks<E> {
     pub fn set(&mut self, row: usize, col: usize, block: Vec<E>) {
         self.blocks[row * self.n + col] = block;
     }
+
+    /// The block rows, each `n` blocks (absent ones empty).
+    pub fn into_rows(self) -> Vec<Vec<Vec<E>>> {
+        let mut blocks = self.blocks.into_iter();
+        (0..self.n)
+            .map(|_| blocks.by_ref().take(self.n).collect())
+            .collect()
+    }
 }

@@ -8,11 +8,14 @@
 //! (`L^2 / 2` numbers each per head) and recomputing them would cost one product and three
 //! exponentials per entry. The backward pass accumulates `dK`, `dV` per worker.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
 use super::cross_entropy::softmax_in_place;
-use super::gemm::{gemm, transposed, Elem, Mat, MatMut};
+use super::gemm::{gemm, product, transposed, Elem, Mat, MatMut};
+use super::host_op::written;
 use super::simd::vectorized;
 use super::sum_over_workers;
 
@@ -36,21 +39,19 @@ pub struct SoftmaxGrads<E> {
 }
 
 /// `z -= SiLU(S_U)` on block `(I, jb)` of query block `I`'s logits `z` (`bs` rows), given that
-/// block of `S_U`; returns the block's `SiLU'(S_U) = sigmoid (1 + x (1 - sigmoid))`.
+/// block of `S_U`, which becomes the block's `SiLU'(S_U) = sigmoid (1 + x (1 - sigmoid))` in
+/// place (the backward pass needs that, not `S_U`).
 #[inline(always)]
-fn subtract_silu<E: Elem>(z: &mut [E], su: &[E], jb: usize, bs: usize) -> Vec<E> {
+fn subtract_silu<E: Elem>(z: &mut [E], su: &mut [E], jb: usize, bs: usize) {
     let w = z.len() / bs;
-    let mut grad = vec![E::zero(); bs * bs];
-    for r in 0..bs {
+    for (r, su) in su.chunks_exact_mut(bs).enumerate() {
         let row = &mut z[r * w + jb * bs..r * w + (jb + 1) * bs];
-        let cols = r * bs..(r + 1) * bs;
-        for ((zc, &x), dg) in row.iter_mut().zip(&su[cols.clone()]).zip(&mut grad[cols]) {
-            let sg = E::sigmoid(x);
-            *zc = *zc - x * sg;
-            *dg = sg * (E::one() + x * (E::one() - sg));
+        for (zc, x) in row.iter_mut().zip(su) {
+            let sg = E::sigmoid(*x);
+            *zc = *zc - *x * sg;
+            *x = sg * (E::one() + *x * (E::one() - sg));
         }
     }
-    grad
 }
 
 /// The causal mask and softmax, in place, of query block `I`'s logits `z` (`bs` rows).
@@ -63,61 +64,54 @@ fn softmax_rows<E: Elem>(z: &mut [E], i: usize, bs: usize) {
     }
 }
 
-/// Forward pass of one head: `out = softmax(logits) V`.
+/// Forward pass of one head: `out = softmax(logits) V`. The lookahead term's blocks are
+/// turned into the saved `SiLU'(S_U)` in place.
 pub fn forward<E: Elem>(
     g: &Blocking,
     q: &[E],
     k: &[E],
     v: &[E],
-    lookahead: Option<&Blocks<E>>,
+    lookahead: Option<Blocks<E>>,
 ) -> SoftmaxSaved<E> {
     let (bs, d) = (g.bs, g.d);
     // `K^T` packed once (`transposed`), not repacked by every query block's product.
     let rows = k.len() / d;
     let k_t = transposed(k, rows, d);
-    let blocks: Vec<_> = (0..g.n)
+    let has_lookahead = lookahead.is_some();
+    let su_rows: Vec<_> = match lookahead {
+        Some(su) => su.into_rows().into_iter().map(Some).collect(),
+        None => (0..g.n).map(|_| None).collect(),
+    };
+    let blocks: Vec<_> = su_rows
         .into_par_iter()
-        .map(|i| {
+        .enumerate()
+        .map(|(i, mut su_row)| {
             let w = (i + 1) * bs;
-            let mut z = vec![E::zero(); bs * w];
             let q_i = Mat::rows(q, i * bs, bs, d);
-            let zm = MatMut::new(&mut z, bs, w, w);
-            gemm(g.scale(), q_i, Mat::new(&k_t, d, w, rows), E::zero(), zm);
-            let silu_grad = vectorized(
+            let mut z = product(g.scale(), q_i, Mat::new(&k_t, d, w, rows));
+            vectorized(
                 #[inline(always)]
                 || {
-                    // Loops, not `map` + `collect`: a closure that `collect` calls may be compiled
-                    // on its own, outside the dispatched code.
-                    let mut silu_grad = Vec::new();
-                    if let Some(su) = lookahead {
-                        for jb in 0..=i {
-                            silu_grad.push(subtract_silu(&mut z, su.get(i, jb), jb, bs));
+                    if let Some(su_row) = &mut su_row {
+                        for (jb, su) in su_row[..=i].iter_mut().enumerate() {
+                            subtract_silu(&mut z, su, jb, bs);
                         }
                     }
                     softmax_rows(&mut z, i, bs);
-                    silu_grad
                 },
             );
-            let mut out = vec![E::zero(); bs * d];
-            let p = Mat::new(&z, bs, w, w);
-            gemm(
-                E::one(),
-                p,
-                Mat::rows(v, 0, w, d),
-                E::zero(),
-                MatMut::new(&mut out, bs, d, d),
-            );
-            (out, z, silu_grad)
+            let out = product(E::one(), Mat::new(&z, bs, w, w), Mat::rows(v, 0, w, d));
+            (out, z, su_row)
         })
         .collect();
     let mut out = Vec::with_capacity(g.padded() * d);
     let mut probs = Vec::with_capacity(g.n);
-    let mut silu_grad = lookahead.map(|_| Blocks::new(g.n));
+    let mut silu_grad = has_lookahead.then(|| Blocks::new(g.n));
     for (i, (o, p, grads)) in blocks.into_iter().enumerate() {
         out.extend(o);
         probs.push(p);
-        if let Some(sg) = &mut silu_grad {
-            for (jb, block) in grads.into_iter().enumerate() {
+        if let (Some(sg), Some(grads)) = (&mut silu_grad, grads) {
+            for (jb, block) in grads.into_iter().enumerate().take(i + 1) {
                 sg.set(i, jb, block);
             }
         }
@@ -244,17 +238,25 @@ pub fn backward<E: Elem>(
                     || {
                         for jb in 0..=i {
                             let cols = jb * bs..(jb + 1) * bs;
-                            let mut out = vec![E::zero(); bs * bs];
-                            let rows = out.chunks_exact_mut(bs).zip(dz.chunks_exact(w));
-                            for ((out, dz), grad) in rows.zip(silu_grad.get(i, jb).chunks_exact(bs))
-                            {
-                                for ((o, &g), &sg) in
-                                    out.iter_mut().zip(&dz[cols.clone()]).zip(grad)
-                                {
-                                    *o = -g * sg;
-                                }
-                            }
-                            row.push(out);
+                            let grads = silu_grad.get(i, jb).chunks_exact(bs);
+                            // SAFETY: the `bs` rows of `bs` cover the block.
+                            let block = unsafe {
+                                written(
+                                    bs * bs,
+                                    #[inline(always)]
+                                    |out: &mut [MaybeUninit<E>]| {
+                                        let rows = out.chunks_exact_mut(bs).zip(dz.chunks_exact(w));
+                                        for ((out, dz), grad) in rows.zip(grads) {
+                                            let terms =
+                                                out.iter_mut().zip(&dz[cols.clone()]).zip(grad);
+                                            for ((o, &g), &sg) in terms {
+                                                o.write(-g * sg);
+                                            }
+                                        }
+                                    },
+                                )
+                            };
+                            row.push(block);
                         }
                     },
                 );

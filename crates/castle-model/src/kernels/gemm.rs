@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::host_op::{written_in_chunks, zeroed};
+use super::host_op::{written, written_in_chunks, zeroed};
 
 /// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
 pub trait Elem: Float + bytemuck::Pod + Send + Sync + Debug + 'static {
@@ -227,6 +227,17 @@ pub fn gemm<E: Elem>(alpha: E, a: Mat<E>, b: Mat<E>, beta: E, c: MatMut<E>) {
             gemm::Parallelism::None,
         );
     }
+}
+
+/// `alpha A B` in a new packed row-major matrix, on this thread (no zero-fill first).
+pub fn product<E: Elem>(alpha: E, a: Mat<E>, b: Mat<E>) -> Vec<E> {
+    let (rows, cols) = (a.rows, b.cols);
+    let write = |c: &mut [MaybeUninit<E>]| {
+        gemm(alpha, a, b, E::zero(), MatMut::uninit(c, rows, cols, cols));
+    };
+    // SAFETY: a product with `beta = 0` (the only kind a `MatMut::uninit` admits) writes all of
+    // its output.
+    unsafe { written(rows * cols, write) }
 }
 
 /// `a^T` packed: `cols x rows` from the packed row-major `rows x cols` matrix `a`, in parallel

@@ -181,6 +181,21 @@ pub(crate) fn zeroed<E: Elem>(len: usize) -> Vec<E> {
     v
 }
 
+/// A new buffer of `len` elements that `write` fills, on this thread, with no zero-fill pass
+/// first: the one-task form of [`written_in_chunks`], for a kernel's blocks. Inlined, so that a
+/// loop in `write` is compiled with its caller (`simd::vectorized`).
+///
+/// # Safety
+/// `write` must write every element of the slice it is given.
+#[inline(always)]
+pub(crate) unsafe fn written<E>(len: usize, write: impl FnOnce(&mut [MaybeUninit<E>])) -> Vec<E> {
+    let mut v = Vec::with_capacity(len);
+    write(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `write` wrote all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `K` new buffers of `len` elements each, written in parallel with no zero-fill pass first:
 /// `write(i, chunks)` gets chunk `i` (elements `i chunk ..`, `chunk` of them or fewer at the end)
 /// of every buffer. For outputs that a kernel overwrites in full.

@@ -35,7 +35,7 @@
 use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
-use super::gemm::{gemm, transposed, Elem, Mat, MatMut};
+use super::gemm::{gemm, product, transposed, Elem, Mat, MatMut};
 use super::simd::vectorized;
 use super::sum_over_workers;
 
@@ -60,15 +60,7 @@ fn diagonals<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>, vu_t: &[E]) -> Vec<V
     (0..g.n)
         .into_par_iter()
         .map(|i| {
-            let mut a = vec![E::zero(); bs * bs];
-            let (qc, vu) = (g.block_rows(x.qc, i), g.block_cols(vu_t, i));
-            gemm(
-                g.scale(),
-                qc,
-                vu,
-                E::zero(),
-                MatMut::new(&mut a, bs, bs, bs),
-            );
+            let mut a = product(g.scale(), g.block_rows(x.qc, i), g.block_cols(vu_t, i));
             for r in 0..bs {
                 a[r * bs + r + 1..(r + 1) * bs].fill(E::zero());
             }
@@ -79,21 +71,12 @@ fn diagonals<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>, vu_t: &[E]) -> Vec<V
 
 /// `sig[J,K] = sigmoid(s Qu_J Ku_K^T) (.) Mu[J,K]`.
 fn sig_block<E: Elem>(g: &Blocking, qu: &[E], ku_t: &[E], j: usize, k: usize) -> Vec<E> {
-    let bs = g.bs;
-    let mut sig = vec![E::zero(); bs * bs];
-    let (qu, ku) = (g.block_rows(qu, j), g.block_cols(ku_t, k));
-    gemm(
-        g.scale(),
-        qu,
-        ku,
-        E::zero(),
-        MatMut::new(&mut sig, bs, bs, bs),
-    );
+    let mut sig = product(g.scale(), g.block_rows(qu, j), g.block_cols(ku_t, k));
     vectorized(
         #[inline(always)]
         || sig.iter_mut().for_each(|e| *e = E::sigmoid(*e)),
     );
-    for (r, row) in sig.chunks_mut(bs).enumerate() {
+    for (r, row) in sig.chunks_mut(g.bs).enumerate() {
         let keep = g.lookahead_columns(j, k, r);
         row[..keep.start].fill(E::zero());
         row[keep.end..].fill(E::zero());
@@ -145,24 +128,19 @@ pub fn forward<E: Elem>(g: &Blocking, x: &LookaheadInputs<E>) -> (Blocks<E>, Loo
             let mut c = vec![E::zero(); bs * d];
             let column: Vec<Vec<E>> = (j..n)
                 .map(|i| {
-                    let mut su = vec![E::zero(); bs * bs];
-                    if i > j {
-                        if let Some(sig_jk) = sig.get(i - 1 - j) {
-                            accumulate_keys(g, x, sig_jk, i - 1, &mut c);
-                        }
-                        let cm = Mat::new(&c, bs, d, d);
-                        let su_m = MatMut::new(&mut su, bs, bs, bs);
-                        gemm(g.scale(), g.block_rows(x.qc, i), cm.t(), E::zero(), su_m);
+                    let diag_i = g.square(&diag[i]);
+                    if i == j {
+                        // `C[J,J] = 0`: the diagonal block is its `diag` term alone.
+                        return product(E::one(), diag_i, g.square(&sig[0]).t());
                     }
+                    if let Some(sig_jk) = sig.get(i - 1 - j) {
+                        accumulate_keys(g, x, sig_jk, i - 1, &mut c);
+                    }
+                    let cm = Mat::new(&c, bs, d, d);
+                    let mut su = product(g.scale(), g.block_rows(x.qc, i), cm.t());
                     if let Some(sig_ji) = sig.get(i - j) {
-                        let (a, sg) = (g.square(&diag[i]), g.square(sig_ji));
-                        gemm(
-                            E::one(),
-                            a,
-                            sg.t(),
-                            E::one(),
-                            MatMut::new(&mut su, bs, bs, bs),
-                        );
+                        let (sg, su_m) = (g.square(sig_ji), MatMut::new(&mut su, bs, bs, bs));
+                        gemm(E::one(), diag_i, sg.t(), E::one(), su_m);
                     }
                     su
                 })

@@ -54,6 +54,7 @@ pub use backend::{AttentionBackend, TrainBackend};
 pub use device::DeviceAttention;
 pub use gemm::Elem;
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 use std::mem::MaybeUninit;
 
@@ -140,11 +141,16 @@ fn workers_per_head(heads: usize) -> usize {
     }
 }
 
-/// Head `h` of `x`, zero-padded to `g.padded()` rows.
-fn head<E: Elem>(x: &[E], h: usize, g: &Blocking) -> Vec<E> {
-    let mut out = x[h * g.len * g.d..(h + 1) * g.len * g.d].to_vec();
+/// Head `h` of `x`, zero-padded to `g.padded()` rows: borrowed when `len` is a whole number
+/// of blocks, a padded copy otherwise.
+fn head<'a, E: Elem>(x: &'a [E], h: usize, g: &Blocking) -> Cow<'a, [E]> {
+    let rows = &x[h * g.len * g.d..(h + 1) * g.len * g.d];
+    if g.padded() == g.len {
+        return Cow::Borrowed(rows);
+    }
+    let mut out = rows.to_vec();
     out.resize(g.padded() * g.d, E::zero());
-    out
+    Cow::Owned(out)
 }
 
 /// Per-head results, `N` per head, each cropped to `len` rows and packed back to
@@ -181,7 +187,7 @@ impl HostKernel<7> for Castle {
                 let (su, la_saved) = lookahead::forward(&g, &la);
                 (
                     la_saved,
-                    causal_softmax::forward(&g, &qc, &kc, &vc, Some(&su)),
+                    causal_softmax::forward(&g, &qc, &kc, &vc, Some(su)),
                 )
             })
             .collect();
