@@ -11,10 +11,10 @@
 # stages ordered by value, each under its own time limit so that one slow stage cannot eat the
 # whole lease: the CubeCL kernel tests on CUDA (forward and every gradient against the CPU
 # kernels, causality, saved state); the paper's S shape (12 layers, d_model 896, L 2048) for a
-# few steps of each attention, whose log lines give tokens/s; castle-bench tables 1 and 2 on
-# CUDA; 60 steps of small.toml for each attention. nvidia-smi's memory use is sampled during each
-# stage. Everything printed also lands in $OUT/gpu-check.log (when $OUT is set). Record what it
-# prints in docs/benchmarks.md.
+# few steps of each attention, in f32 and in bf16, whose log lines give tokens/s; castle-bench
+# tables 1 and 2 on CUDA; 60 steps of small.toml for each attention. nvidia-smi's memory use is
+# sampled during each stage. Everything printed also lands in $OUT/gpu-check.log (when $OUT is
+# set). Record what it prints in docs/benchmarks.md.
 #
 # The binaries are built against CUDA 13.0's API (CUDARC_CUDA_VERSION; the device machine's
 # driver is 580, nvcc 13.0); cubecl compiles its kernels at run time with NVRTC, found below.
@@ -24,9 +24,17 @@ bin=gpu-bin
 
 # `stage NAME SECONDS CMD...`: runs CMD under a time limit, printing its wall time and the peak
 # GPU memory nvidia-smi saw meanwhile; a failure or timeout is reported and the script goes on.
+# No stage runs past BUDGET seconds from the start of `run` (default 450, so that a device call
+# of 600 s still returns everything): a stage's limit is cut to what is left, and once less than
+# 15 s is left the remaining stages are skipped, each saying so.
 stage() {
-    local name=$1 limit=$2
+    local name=$1 limit=$2 left=$((${BUDGET:-450} - SECONDS))
     shift 2
+    if [ "$left" -lt 15 ]; then
+        echo "=== $name: skipped, the ${BUDGET:-450} s budget is spent"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     echo "=== $name (limit ${limit}s): $*"
     (while sleep 0.5; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) \
         >"/tmp/mem-$name.log" 2>/dev/null &
@@ -97,6 +105,12 @@ run)
         --set train.steps="${S_STEPS:-4}" --set run.dir=\"/tmp/runs/s-baseline\"
     stage s-castle "${S_LIMIT:-90}" "${train[@]}" --set model.attention=\"castle\" "${s_shape[@]}" \
         --set train.steps="${S_STEPS:-4}" --set run.dir=\"/tmp/runs/s-castle\"
+    # The same in bf16 mixed precision: issue 14's throughput target is against the bf16 peak.
+    for a in baseline castle; do
+        stage "s-$a-bf16" "${S_LIMIT:-90}" "${train[@]}" --set model.attention=\"$a\" "${s_shape[@]}" \
+            --set backend.dtype=\"bf16\" --set train.steps="${S_STEPS:-4}" \
+            --set run.dir=\"/tmp/runs/s-$a-bf16\"
+    done
     # castle-bench: attention alone, then the training step at issue 11's shapes.
     if [ -z "${DRY:-}" ]; then
         stage bench-attention "${BENCH_LIMIT:-90}" "$bin/castle-bench" --backends "$backend" \
