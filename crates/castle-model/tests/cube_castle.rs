@@ -6,7 +6,8 @@
 mod common;
 
 // The GPU under test: wgpu (lavapipe in CI) in a build with it, else CUDA (scripts/gpu-check.sh).
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn_cubecl::kernel::cast;
 use castle_model::kernels::cube::castle::{self, TILE};
 #[cfg(not(feature = "wgpu"))]
 use castle_model::kernels::cube::Cuda as Gpu;
@@ -28,8 +29,9 @@ fn to_cube(v: &[f64], shape: [usize; 4]) -> Cube {
         .tensor()
 }
 
+/// `t`'s values as f32 (read in whatever float type it has).
 fn from_cube<const D: usize>(t: Cube) -> Vec<f32> {
-    Tensor::<Gpu, D>::from_primitive(TensorPrimitive::Float(t))
+    Tensor::<Gpu, D>::from_primitive(TensorPrimitive::Float(cast(t, DType::F32)))
         .into_data()
         .to_vec::<f32>()
         .expect("f32 data")
@@ -108,11 +110,10 @@ fn output_and_gradients_match_the_cpu_kernel() {
                 let case = format!(
                     "batch={batch} heads={heads} L={l} d={d} window={window:?} segment={segment:?}"
                 );
-                let (out, saved) =
-                    castle::forward_in_segments::<GpuRuntime, f32>(inputs(&x), window, segment);
+                let (out, saved) = castle::forward_in_segments(inputs(&x), window, segment);
                 let err = relative_error(&from_cube::<4>(out.clone()), &want_out);
                 assert!(err < 1e-4, "{case}: output relative error {err:e}");
-                let grads = castle::backward_in_segments::<GpuRuntime, f32>(
+                let grads = castle::backward_in_segments(
                     inputs(&x),
                     window,
                     out,
@@ -129,12 +130,66 @@ fn output_and_gradients_match_the_cpu_kernel() {
     }
 }
 
+/// The 16-bit float the kernels are tested in (`backend.dtype`): bf16 on CUDA, f16 on wgpu,
+/// which has no bf16.
+#[cfg(feature = "wgpu")]
+const HALF: (DType, f64) = (DType::F16, 4.9e-4);
+#[cfg(not(feature = "wgpu"))]
+const HALF: (DType, f64) = (DType::BF16, 3.9e-3);
+
+/// Inputs, output and gradients in a 16-bit float (`backend.dtype = "bf16"`), sums in f32:
+/// against the CPU kernel on the same rounded inputs, within a few units of the type's rounding.
+#[test]
+fn half_precision_inputs_match_the_cpu_kernel() {
+    const NAMES: [&str; 7] = ["qu", "ku", "vu", "qc", "kc", "vc", "qc_nope"];
+    let (half, unit_roundoff) = HALF;
+    for (shape, window, segment) in [
+        ([2, 2, 21, 8], None, None),
+        ([1, 1, 70, 16], Some(10), Some(2)),
+    ] {
+        let case = format!("{half:?} shape={shape:?} window={window:?} segment={segment:?}");
+        let x = RawHeads::random(shape, 40);
+        let d_out = random_vec(&mut rng(41), x.qu.len(), 1.0);
+        let x_half = inputs(&x).map(|t| cast(t, half));
+        let d_out_half = cast(to_cube(&d_out, shape), half);
+        // The CPU kernel in f32 on the values the GPU kernel reads.
+        let rounded = x_half.clone().map(from_cube::<4>);
+        let cpu = Castle { window, block: 4 };
+        let [b, h, l, d] = shape;
+        let heads = HeadsShape {
+            heads: b * h,
+            len: l,
+            d,
+        };
+        let host = rounded.each_ref().map(|v| v.as_slice());
+        let (want_out, saved) = cpu.forward(host, heads);
+        let want_grads = cpu.backward(host, heads, &saved, &from_cube::<4>(d_out_half.clone()));
+
+        let (out, saved) = castle::forward_in_segments(x_half.clone(), window, segment);
+        assert_eq!(out.dtype, half, "{case}: output type");
+        let err = relative_error(&from_cube::<4>(out.clone()), &want_out);
+        assert!(
+            err < 4.0 * unit_roundoff,
+            "{case}: output relative error {err:e}"
+        );
+        let grads = castle::backward_in_segments(x_half, window, out, saved, d_out_half, segment);
+        for ((name, got), want) in NAMES.iter().zip(grads).zip(&want_grads) {
+            assert_eq!(got.dtype, half, "{case}: d{name} type");
+            let err = relative_error(&from_cube::<4>(got), want);
+            assert!(
+                err < 4.0 * unit_roundoff,
+                "{case}: d{name} relative error {err:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn forward_is_causal_bitwise() {
     let (l, d) = (2 * TILE + 3, 8);
     for window in [None, Some(3)] {
         let x = RawHeads::random([1, 2, l, d], 7);
-        let (out, _) = castle::forward::<GpuRuntime, f32>(inputs(&x), window);
+        let (out, _) = castle::forward(inputs(&x), window);
         let base = from_cube::<4>(out);
         for t in [0, TILE - 1, TILE, l - 2] {
             // Perturb every input at every position after t.
@@ -146,7 +201,7 @@ fn forward_is_causal_bitwise() {
                     }
                 }
             }
-            let (out, _) = castle::forward::<GpuRuntime, f32>(inputs(&moved), window);
+            let (out, _) = castle::forward(inputs(&moved), window);
             let got = from_cube::<4>(out);
             for (e, (a, b)) in got.iter().zip(&base).enumerate() {
                 let pos = (e / d) % l;
@@ -172,7 +227,7 @@ fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
     use burn::tensor::TensorMetadata;
     let x = RawHeads::random([2, 3, 21, 8], 3);
     let window = Some(5);
-    let (out, saved) = castle::forward::<GpuRuntime, f32>(inputs(&x), window);
+    let (out, saved) = castle::forward(inputs(&x), window);
     assert_eq!(out.shape().dims::<4>(), [2, 3, 21, 8]);
     assert_eq!(saved[0].shape().dims::<3>(), [2, 3, 21], "lse");
     assert_eq!(saved[1].shape().dims::<4>(), [2, 3, 21, 8], "u_final");
@@ -185,7 +240,7 @@ fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
     }
     let d_out = to_cube(&random_vec(&mut rng(4), x.qu.len(), 1.0), x.shape);
     let backward = || {
-        castle::backward::<GpuRuntime, f32>(
+        castle::backward(
             inputs(&x),
             window,
             out.clone(),
@@ -197,7 +252,7 @@ fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
     // Dense outputs: the kernels index rows as `p d + k`, and CUDA's default allocation pads
     // rows (here `lse`'s rows of 21 floats) unless asked for a contiguous layout.
     assert!(out.is_contiguous() && saved.iter().all(|t| t.is_contiguous()));
-    let grads = castle::backward::<GpuRuntime, f32>(
+    let grads = castle::backward(
         inputs(&x),
         window,
         out.clone(),
@@ -225,8 +280,8 @@ fn strided_inputs_give_the_same_results() {
     assert!(!strided()[0].is_contiguous());
     let d_out = random_vec(&mut rng(6), x.qu.len(), 1.0);
     let run = |x: [Cube; 7], d_out: Cube| {
-        let (out, saved) = castle::forward::<GpuRuntime, f32>(x.clone(), Some(3));
-        let grads = castle::backward::<GpuRuntime, f32>(x, Some(3), out.clone(), saved, d_out);
+        let (out, saved) = castle::forward(x.clone(), Some(3));
+        let grads = castle::backward(x, Some(3), out.clone(), saved, d_out);
         (from_cube::<4>(out), grads.map(from_cube::<4>))
     };
     let want = run(inputs(&x), to_cube(&d_out, x.shape));

@@ -10,6 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
+use castle_model::kernels::AttentionBackend;
 use castle_model::lm::token_nll;
 use castle_model::precision::to_dtype;
 use castle_model::{AttentionKind, AttentionPath, CastleLm};
@@ -30,19 +31,23 @@ fn relative_error(a: &[f64], b: &[f64]) -> f64 {
     common::max_abs_diff(a, b) / scale
 }
 
-/// `model` computing in bf16. Its parameters are read first: burn initialises them lazily, and
-/// a clone of an unread parameter would draw its own random values.
-fn bf16(model: &CastleLm<B>) -> CastleLm<B> {
+/// `model` computing in `dtype`. Its parameters are read first: burn initialises them lazily,
+/// and a clone of an unread parameter would draw its own random values.
+fn computing_in<B: AttentionBackend>(model: &CastleLm<B>, dtype: DType) -> CastleLm<B> {
     struct Read;
-    impl ModuleVisitor<B> for Read {
+    impl<B: Backend> ModuleVisitor<B> for Read {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let _ = param.val();
         }
     }
     model.visit(&mut Read);
     let mut m = model.clone();
-    m.compute_dtype = Some(DType::BF16);
+    m.compute_dtype = Some(dtype);
     m
+}
+
+fn bf16(model: &CastleLm<B>) -> CastleLm<B> {
+    computing_in(model, DType::BF16)
 }
 
 #[test]
@@ -106,15 +111,12 @@ fn tensor_op_layers_take_bf16_inputs() {
 }
 
 /// Every parameter's gradient, flattened, with its float type.
-fn gradients(
+fn gradients<B: AutodiffBackend + AttentionBackend>(
     model: &CastleLm<B>,
-    grads: &<B as AutodiffBackend>::Gradients,
+    grads: &B::Gradients,
 ) -> Vec<(DType, Vec<f64>)> {
-    struct Collect<'a>(
-        &'a <B as AutodiffBackend>::Gradients,
-        Vec<(DType, Vec<f64>)>,
-    );
-    impl ModuleVisitor<B> for Collect<'_> {
+    struct Collect<'a, B: AutodiffBackend>(&'a B::Gradients, Vec<(DType, Vec<f64>)>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let g = param
                 .val()
@@ -123,9 +125,40 @@ fn gradients(
             self.1.push((g.dtype(), values(g)));
         }
     }
-    let mut collect = Collect(grads, vec![]);
+    let mut collect = Collect::<B>(grads, vec![]);
     model.visit(&mut collect);
     collect.1
+}
+
+/// `model`'s and `half`'s parameter gradients on one batch: f32 both, and within `tolerance`.
+fn gradients_agree<B: AutodiffBackend + AttentionBackend>(
+    kind: AttentionKind,
+    model: &CastleLm<B>,
+    half: &CastleLm<B>,
+    tokens: Tensor<B, 2, Int>,
+    tolerance: f64,
+) {
+    let [batch, len] = tokens.dims();
+    let (input, target) = (
+        tokens.clone().slice([0..batch, 0..len - 1]),
+        tokens.slice([0..batch, 1..len]),
+    );
+    let grads_of = |m: &CastleLm<B>| {
+        let loss = token_nll(m.forward(input.clone()), target.clone()).mean();
+        assert_eq!(loss.dtype(), DType::F32, "the loss is f32");
+        gradients(m, &loss.backward())
+    };
+    let (full, mixed) = (grads_of(model), grads_of(half));
+    assert_eq!(full.len(), mixed.len());
+    for (i, ((_, f), (dtype, m))) in full.iter().zip(&mixed).enumerate() {
+        assert_eq!(*dtype, DType::F32, "{kind} parameter {i}");
+        let err = relative_error(f, m);
+        println!("{kind} parameter {i}: gradient error {err:.2e}");
+        assert!(
+            err < tolerance,
+            "{kind} parameter {i}: gradient error {err}"
+        );
+    }
 }
 
 #[test]
@@ -133,24 +166,30 @@ fn bf16_gradients_land_in_f32_parameters_close_to_f32_gradients() {
     let device = Default::default();
     for kind in KINDS {
         let model = tiny_config(kind).init::<B>(VOCAB, &device);
-        let (batch, len) = (2, 11);
-        let tokens = random_tokens::<B>(batch, len + 1, VOCAB, 9, &device);
-        let (input, target) = (
-            tokens.clone().slice([0..batch, 0..len]),
-            tokens.slice([0..batch, 1..len + 1]),
-        );
-        let grads_of = |m: &CastleLm<B>| {
-            let loss = token_nll(m.forward(input.clone()), target.clone()).mean();
-            assert_eq!(loss.dtype(), DType::F32, "the loss is f32");
-            gradients(m, &loss.backward())
-        };
-        let (full, mixed) = (grads_of(&model), grads_of(&bf16(&model)));
-        assert_eq!(full.len(), mixed.len());
-        for (i, ((_, f), (dtype, m))) in full.iter().zip(&mixed).enumerate() {
-            assert_eq!(*dtype, DType::F32, "{kind} parameter {i}");
-            let err = relative_error(f, m);
-            println!("{kind} parameter {i}: gradient error {err:.2e}");
-            assert!(err < 5e-2, "{kind} parameter {i}: gradient error {err}");
-        }
+        let tokens = random_tokens::<B>(2, 12, VOCAB, 9, &device);
+        gradients_agree(kind, &model, &bf16(&model), tokens, 5e-2);
+    }
+}
+
+/// The same mixed precision on wgpu (lavapipe in CI), where both attentions run the CubeCL
+/// kernels in the 16-bit type: f16 here, since WGSL has no bf16 (on CUDA, `backend.dtype =
+/// "bf16"` runs the same kernels in bf16).
+#[cfg(feature = "wgpu")]
+#[test]
+fn f16_on_wgpu_runs_the_cube_kernels_close_to_f32() {
+    type W = Autodiff<castle_model::kernels::cube::Wgpu>;
+    let device = Default::default();
+    for kind in KINDS {
+        let model = tiny_config(kind).init::<W>(VOCAB, &device);
+        let half = computing_in(&model, DType::F16);
+        let tokens = random_tokens::<W>(2, 12, VOCAB, 9, &device);
+        let input = tokens.clone().slice([0..2, 0..11]);
+        let (full, mixed) = (model.forward(input.clone()), half.forward(input));
+        assert_eq!(mixed.dtype(), DType::F32, "logits return to f32");
+        let err = relative_error(&values(full), &values(mixed));
+        println!("{kind} wgpu f16: logits error {err:.2e}");
+        assert!(err < 5e-3, "{kind} wgpu f16: logits error {err}");
+        assert!(err > 0.0, "{kind}: the f16 model computed in f32");
+        gradients_agree(kind, &model, &half, tokens, 2e-2);
     }
 }

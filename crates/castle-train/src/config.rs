@@ -345,6 +345,12 @@ impl RunConfig {
                 bail!("backend.memory_gib = {gib}: must be a positive number of GiB (e.g. 80 for an 80 GB GPU)");
             }
         }
+        if self.backend.kind == BackendKind::Wgpu && self.backend.dtype == Dtype::Bf16 {
+            bail!(
+                "backend.dtype = \"bf16\" cannot run on backend.kind = \"wgpu\": WGSL has no bf16 \
+                 type; use \"f32\" on wgpu, or bf16 on \"cuda\""
+            );
+        }
         // A backend this build lacks is refused by `backend::dispatch`, not here, so that
         // `--dry-run` inspects every config on any build.
         Ok(())

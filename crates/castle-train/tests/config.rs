@@ -70,6 +70,10 @@ fn each_bad_value_names_its_key() {
             &["backend.dtype=\"f16\""],
             "unknown variant `f16`, expected `f32` or `bf16`",
         ),
+        (
+            &["backend.kind=\"wgpu\"", "backend.dtype=\"bf16\""],
+            "backend.dtype = \"bf16\" cannot run on backend.kind = \"wgpu\"",
+        ),
         (&["train.lrr=1"], "unknown field `lrr`"),
         (&["backend.kind=\"tpu\""], "unknown variant `tpu`"),
         (&["checkpoint.keep_last=0"], "checkpoint.keep_last = 0"),

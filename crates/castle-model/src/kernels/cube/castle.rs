@@ -37,7 +37,7 @@
 //! phases it owns columns `c, c + TILE, ...` of row `r` of a tile. Every gradient entry is
 //! read-modify-written by one unit only (owner-row gradients into its segment's partial sums,
 //! added up afterwards): no float atomics.
-//! Arithmetic is in `f32` whatever `F`.
+//! Arithmetic is in `f32` whatever the inputs' float type (f32, bf16 or f16).
 //! `s = 1/sqrt(d)` as in `crate::attention::lookahead::scale`; `qC` in `S_U` is the un-rotated
 //! query `qc_nope` (see `crate::rope`).
 
@@ -48,7 +48,7 @@ mod tiles;
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{CubeRuntime, FloatElement};
+use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::super::device::{castle_segments, CASTLE_TILE};
@@ -66,36 +66,36 @@ const FORWARD_BINDINGS: u32 = 12;
 /// tensors, the segments' key sums, `D` sums and `U`/`D` state, and seven gradients.
 const BACKWARD_BINDINGS: u32 = 21;
 
-/// Forward pass: `(out, [lse, u_final])`, `out` `[b, h, L, d]` in `F`, `lse` `[b, h, L]` and
+/// Forward pass: `(out, [lse, u_final])`, `out` `[b, h, L, d]` in the inputs' float type, `lse` `[b, h, L]` and
 /// `u_final` `[b, h, L, d]` in `f32`. Inputs in [`crate::attention::CastleHeads`]' order
 /// `qu, ku, vu, qc, kc, vc, qc_nope`, each `[batch, heads, L, d]`.
-pub fn forward<R: CubeRuntime, F: FloatElement>(
+pub fn forward<R: CubeRuntime>(
     x: [CubeTensor<R>; 7],
     window: Option<usize>,
 ) -> (CubeTensor<R>, [CubeTensor<R>; 2]) {
-    forward_in_segments::<R, F>(x, window, None)
+    forward_in_segments(x, window, None)
 }
 
 /// [`forward`] with each head's query tiles cut into segments of `segment_tiles` tiles (`None`:
 /// [`castle_segments`]' choice). The result does not depend on it beyond rounding.
-pub fn forward_in_segments<R: CubeRuntime, F: FloatElement>(
+pub fn forward_in_segments<R: CubeRuntime>(
     x: [CubeTensor<R>; 7],
     window: Option<usize>,
     segment_tiles: Option<usize>,
 ) -> (CubeTensor<R>, [CubeTensor<R>; 2]) {
-    let g = Geometry::of::<R, F>(&x, window, segment_tiles);
+    let g = Geometry::of(&x, window, segment_tiles);
     let (l, d, w, seg, s) = g.scalars();
     let x = x.map(into_contiguous);
     let client = x[0].client.clone();
     check_bindings(&x[0], "forward", FORWARD_BINDINGS);
     // Dense outputs: the kernels index rows as `p d + k` (CUDA's default layout pads rows).
     let empty = |shape: Shape| empty_like(&x[0], shape, DType::F32);
-    let out = empty_like(&x[0], g.rows(), F::dtype());
+    let out = empty_like(&x[0], g.rows(), g.dtype);
     let (lse, u_final) = (empty(g.stats()), empty(g.rows()));
     let (du, work) = (empty(g.other_segments()), empty(g.per_segment()));
     if g.cubes() > 0 {
         let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
-        segment_sums::<R, F>(&g, &x, &du);
+        segment_sums(&g, &x, &du);
         let [qu, ku, vu, qc, kc, vc, qc_nope] = x.map(CubeTensor::into_tensor_arg);
         forward::castle_forward_kernel::launch::<R>(
             &client,
@@ -121,26 +121,26 @@ pub fn forward_in_segments<R: CubeRuntime, F: FloatElement>(
             TILE,
             (d as usize).div_ceil(TILE),
             window.is_some(),
-            F::dtype().into(),
+            g.dtype.into(),
         );
     }
     (out, [lse, u_final])
 }
 
-/// Backward pass: the gradients of the seven inputs (same order, element `F`) given the
+/// Backward pass: the gradients of the seven inputs (same order and float type) given the
 /// forward's `out`, its saved `[lse, u_final]` and `d_out = dLoss/d(out)`.
-pub fn backward<R: CubeRuntime, F: FloatElement>(
+pub fn backward<R: CubeRuntime>(
     x: [CubeTensor<R>; 7],
     window: Option<usize>,
     out: CubeTensor<R>,
     saved: [CubeTensor<R>; 2],
     d_out: CubeTensor<R>,
 ) -> [CubeTensor<R>; 7] {
-    backward_in_segments::<R, F>(x, window, out, saved, d_out, None)
+    backward_in_segments(x, window, out, saved, d_out, None)
 }
 
 /// [`backward`] in segments of `segment_tiles` query tiles, as [`forward_in_segments`].
-pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
+pub fn backward_in_segments<R: CubeRuntime>(
     x: [CubeTensor<R>; 7],
     window: Option<usize>,
     out: CubeTensor<R>,
@@ -148,11 +148,12 @@ pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
     d_out: CubeTensor<R>,
     segment_tiles: Option<usize>,
 ) -> [CubeTensor<R>; 7] {
-    let g = Geometry::of::<R, F>(&x, window, segment_tiles);
+    let g = Geometry::of(&x, window, segment_tiles);
     let (l, d, w, seg, s) = g.scalars();
     let x = x.map(into_contiguous);
     let [lse, u_final] = saved.map(into_contiguous);
-    let (out, d_out) = (into_contiguous(out), into_contiguous(d_out));
+    // The kernel reads `out` and `d_out` as the inputs' type (a no-op cast when they have it).
+    let [out, d_out] = [out, d_out].map(|t| into_contiguous(cast(t, g.dtype)));
     assert_eq!(
         lse.shape(),
         g.stats(),
@@ -177,7 +178,7 @@ pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
     let state = empty(Shape::new([2, g.segments, batch, heads, len, dim]));
     if g.cubes() > 0 {
         let arg = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
-        segment_sums::<R, F>(&g, &x, &du);
+        segment_sums(&g, &x, &du);
         // With one segment there are no later segments' D sums to find.
         let passes: &[bool] = if g.segments > 1 {
             &[true, false]
@@ -218,7 +219,7 @@ pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
                 TILE,
                 window.is_some(),
                 sums_only,
-                F::dtype().into(),
+                g.dtype.into(),
             );
         }
     }
@@ -240,16 +241,12 @@ pub fn backward_in_segments<R: CubeRuntime, F: FloatElement>(
         sum
     });
     let [g_ku, g_vu, g_qc, g_qc_nope] = rows;
-    [g_qu, g_ku, g_vu, g_qc, g_kc, g_vc, g_qc_nope].map(|t| cast(t, F::dtype()))
+    [g_qu, g_ku, g_vu, g_qc, g_kc, g_vc, g_qc_nope].map(|t| cast(t, g.dtype))
 }
 
 /// Each segment's terms of every lookahead key into `du` (`[segments, b, h, L, d]`); nothing
 /// with one segment, which starts from no other segment's sums.
-fn segment_sums<R: CubeRuntime, F: FloatElement>(
-    g: &Geometry,
-    x: &[CubeTensor<R>; 7],
-    du: &CubeTensor<R>,
-) {
+fn segment_sums<R: CubeRuntime>(g: &Geometry, x: &[CubeTensor<R>; 7], du: &CubeTensor<R>) {
     if g.segments == 1 || g.cubes() == 0 {
         return;
     }
@@ -270,7 +267,7 @@ fn segment_sums<R: CubeRuntime, F: FloatElement>(
         s,
         TILE,
         g.window.is_some(),
-        F::dtype().into(),
+        g.dtype.into(),
     );
 }
 
@@ -288,6 +285,9 @@ fn check_bindings<R: CubeRuntime>(x: &CubeTensor<R>, kernel: &str, buffers: u32)
 /// One call's sizes, checked: seven inputs of one shape `[batch, heads, L, d]`.
 struct Geometry {
     shape: [usize; 4],
+    /// The inputs' float type (f32, or bf16 / f16 under `backend.dtype`): what the kernels read
+    /// and the output and gradients take; sums run in f32.
+    dtype: DType,
     window: Option<usize>,
     /// Query tiles per segment, and segments per head.
     segment_tiles: usize,
@@ -295,7 +295,7 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn of<R: CubeRuntime, F: FloatElement>(
+    fn of<R: CubeRuntime>(
         x: &[CubeTensor<R>; 7],
         window: Option<usize>,
         segment_tiles: Option<usize>,
@@ -313,11 +313,7 @@ impl Geometry {
                 shape,
                 "{name}: expected the shape of qu, {shape:?}"
             );
-            assert_eq!(
-                t.dtype,
-                F::dtype(),
-                "{name}: expected the kernel's element type"
-            );
+            assert_eq!(t.dtype, x[0].dtype, "{name}: expected the float type of qu");
         }
         let shape: [usize; 4] = shape.dims();
         // The backward state holds `2 x segments` times the elements, indexed below 2^32.
@@ -338,6 +334,7 @@ impl Geometry {
         );
         Self {
             shape,
+            dtype: x[0].dtype,
             window,
             segment_tiles,
             segments,

@@ -51,7 +51,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionB
             }
             DeviceAttention::Castle { window } => {
                 let x = exactly(inputs, "CASTLE attention inputs");
-                let (out, saved) = castle::forward::<R, F>(x, window);
+                let (out, saved) = castle::forward(x, window);
                 (out, saved.into())
             }
         }
@@ -73,7 +73,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionB
             DeviceAttention::Castle { window } => {
                 let x = exactly(inputs, "CASTLE attention inputs");
                 let saved = exactly(saved, "CASTLE attention saved state");
-                castle::backward::<R, F>(x, window, out, saved, d_out).into()
+                castle::backward(x, window, out, saved, d_out).into()
             }
         }
     }
