@@ -38,9 +38,9 @@ fn forward_kernel<F: Float>(
     let r = tid / b;
     let c = tid % b;
     let base = bh * len * d;
-    let mut qs = SharedMemory::<f32>::new(b * d);
-    let mut ks = SharedMemory::<f32>::new(b * d);
-    let mut vs = SharedMemory::<f32>::new(b * d);
+    let mut qs = SharedMemory::<f32>::new(b * (d + 1));
+    let mut ks = SharedMemory::<f32>::new(b * (d + 1));
+    let mut vs = SharedMemory::<f32>::new(b * (d + 1));
     let mut ps = SharedMemory::<f32>::new(b * b);
     // Per row: running maximum, running sum of exp(z - max), rescale of the last step.
     let mut row_max = SharedMemory::<f32>::new(b);
@@ -92,7 +92,7 @@ fn forward_kernel<F: Float>(
             if col < d {
                 let mut o = acc[s] * alpha;
                 for j in 0..b {
-                    o += ps[r * b + j] * vs[j * d + col];
+                    o += ps[r * b + j] * vs[j * (d + 1) + col];
                 }
                 acc[s] = o;
             }

@@ -76,10 +76,10 @@ pub(super) fn dq_kernel<F: Float>(
     let r = tid / b;
     let c = tid % b;
     let base = bh * len * d;
-    let mut qs = SharedMemory::<f32>::new(b * d);
-    let mut dos = SharedMemory::<f32>::new(b * d);
-    let mut ks = SharedMemory::<f32>::new(b * d);
-    let mut vs = SharedMemory::<f32>::new(b * d);
+    let mut qs = SharedMemory::<f32>::new(b * (d + 1));
+    let mut dos = SharedMemory::<f32>::new(b * (d + 1));
+    let mut ks = SharedMemory::<f32>::new(b * (d + 1));
+    let mut vs = SharedMemory::<f32>::new(b * (d + 1));
     let mut dzs = SharedMemory::<f32>::new(b * b);
     load_tile::<F>(q, &mut qs, base, q0, len, b, d);
     load_tile::<F>(d_out, &mut dos, base, q0, len, b, d);
@@ -118,7 +118,7 @@ pub(super) fn dq_kernel<F: Float>(
             if col < d {
                 let mut g = acc[s];
                 for j in 0..b {
-                    g += dzs[r * b + j] * ks[j * d + col];
+                    g += dzs[r * b + j] * ks[j * (d + 1) + col];
                 }
                 acc[s] = g;
             }
@@ -159,10 +159,10 @@ pub(super) fn dkv_kernel<F: Float>(
     let r = tid / b;
     let c = tid % b;
     let base = bh * len * d;
-    let mut ks = SharedMemory::<f32>::new(b * d);
-    let mut vs = SharedMemory::<f32>::new(b * d);
-    let mut qs = SharedMemory::<f32>::new(b * d);
-    let mut dos = SharedMemory::<f32>::new(b * d);
+    let mut ks = SharedMemory::<f32>::new(b * (d + 1));
+    let mut vs = SharedMemory::<f32>::new(b * (d + 1));
+    let mut qs = SharedMemory::<f32>::new(b * (d + 1));
+    let mut dos = SharedMemory::<f32>::new(b * (d + 1));
     let mut ps = SharedMemory::<f32>::new(b * b);
     let mut dzs = SharedMemory::<f32>::new(b * b);
     load_tile::<F>(k, &mut ks, base, k0, len, b, d);
@@ -206,8 +206,8 @@ pub(super) fn dkv_kernel<F: Float>(
                 let mut gv = dv_acc[s];
                 let mut gk = dk_acc[s];
                 for a in 0..b {
-                    gv += ps[a * b + r] * dos[a * d + col];
-                    gk += dzs[a * b + r] * qs[a * d + col];
+                    gv += ps[a * b + r] * dos[a * (d + 1) + col];
+                    gk += dzs[a * b + r] * qs[a * (d + 1) + col];
                 }
                 dv_acc[s] = gv;
                 dk_acc[s] = gk;

@@ -6,8 +6,9 @@
 //! - [`castle`]: CASTLE attention (lookahead keys), forward and backward, saving the row
 //!   statistics and the final lookahead keys `U` (`O(L d)` per head).
 //!
-//! The tile is chosen from the head dimension (`tile::Tiling`), not from `model.block_size`,
-//! which sizes the CPU kernels' blocks; results do not depend on either.
+//! The tile is chosen from the head dimension and the device's limits (`tile::Tiling`), not
+//! from `model.block_size`, which sizes the CPU kernels' blocks; results do not depend on either
+//! beyond rounding.
 //!
 //! The row-wise ops (RMSNorm, SwiGLU, cross-entropy) keep their tensor-op forms on GPU
 //! (`HOST_KERNELS = false`).

@@ -10,6 +10,9 @@ use cubecl::prelude::*;
 pub(super) const MASKED: f32 = -1.0e30;
 
 /// Copies rows `row0..row0 + b` of the head at `base` into `dst` as `f32`, zero past `len`.
+/// Rows lie `d + 1` floats apart in shared memory (the tiles' pitch, odd): the rows a warp reads
+/// at once in [`dot`] then start in distinct banks, where with `d = 64` they would all start in
+/// bank 0.
 #[cube]
 pub(super) fn load_tile<F: Float>(
     src: &Tensor<F>,
@@ -27,12 +30,12 @@ pub(super) fn load_tile<F: Float>(
         if row < len {
             x = f32::cast_from(src[base + row * d + i % d]);
         }
-        dst[i] = x;
+        dst[(i / d) * (d + 1) + i % d] = x;
         i += b * b;
     }
 }
 
-/// `x[r] . y[c]` over the `d` columns of two tiles in shared memory.
+/// `x[r] . y[c]` over the `d` columns of two tiles in shared memory (pitch `d + 1`).
 #[cube]
 pub(super) fn dot(
     x: &SharedMemory<f32>,
@@ -43,20 +46,16 @@ pub(super) fn dot(
 ) -> f32 {
     let mut acc = 0.0f32;
     for e in 0..d {
-        acc += x[r * d + e] * y[c * d + e];
+        acc += x[r * (d + 1) + e] * y[c * (d + 1) + e];
     }
     acc
 }
 
-/// Shared memory a cube may use: wgpu's default limit (`maxComputeWorkgroupStorageSize`), which
-/// lavapipe and every GPU meet.
-const SHARED_BYTES: usize = 16 * 1024;
-
 /// Tiles of `b` rows over `[batch, heads, L, d]` inputs: the launch shape of the kernels, which
-/// hold four `b x d` tiles and two `b x b` blocks of `f32` in shared memory.
+/// hold four `b x (d + 1)` tiles and two `b x b` blocks of `f32` in shared memory.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tiling {
-    /// Rows per tile (`b x b` units per cube, at most 256: wgpu's default limit).
+    /// Rows per tile (`b x b` units per cube, at most 256).
     pub b: usize,
     pub d: usize,
     /// Columns per unit: `ceil(d / b)`.
@@ -69,10 +68,20 @@ pub(super) struct Tiling {
 }
 
 impl Tiling {
-    /// The largest tile (16, 8, ... rows) whose shared memory fits [`SHARED_BYTES`].
+    /// The largest tile (16, 8, ... rows) that the device's shared memory and units per cube
+    /// allow: 16 rows at `d = 64` where a cube may have 19 KiB (CUDA GPUs, lavapipe), 8 under
+    /// wgpu's default 16 KiB.
     pub fn of<R: CubeRuntime>(x: &CubeTensor<R>) -> Self {
         let [batch, heads, len, d] = x.shape().dims::<4>();
-        let fits = |b: usize| (4 * b * d + 2 * b * b) * size_of::<f32>() <= SHARED_BYTES;
+        let device = &x.client.properties().hardware;
+        eprintln!(
+            "TILING d={d} smem={} units={}",
+            device.max_shared_memory_size, device.max_units_per_cube
+        );
+        let fits = |b: usize| {
+            (4 * b * (d + 1) + 2 * b * b) * size_of::<f32>() <= device.max_shared_memory_size
+                && b * b <= device.max_units_per_cube as usize
+        };
         let b = [16, 8, 4, 2, 1]
             .into_iter()
             .find(|&b| fits(b))
