@@ -69,7 +69,7 @@ pub(super) struct Tiling {
 
 impl Tiling {
     /// The largest tile (16, 8, ... rows) that the device's shared memory and units per cube
-    /// allow: 16 rows at `d = 64` where a cube may have 19 KiB (CUDA GPUs, lavapipe), 8 under
+    /// allow: 16 rows at `d = 64` where a cube may have 18.3 KiB (CUDA GPUs, lavapipe), 8 under
     /// wgpu's default 16 KiB.
     pub fn of<R: CubeRuntime>(x: &CubeTensor<R>) -> Self {
         let [batch, heads, len, d] = x.shape().dims::<4>();
