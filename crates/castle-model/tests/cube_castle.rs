@@ -84,6 +84,8 @@ fn output_and_gradients_match_the_cpu_kernel() {
         (1, 2, 17, 32),
         (2, 2, 40, 8),
         (1, 1, 70, 8),
+        // d = 96: the kernels stage rows in two chunks of 48 columns.
+        (1, 1, 23, 96),
     ] {
         for window in [None, Some(3), Some(10)] {
             seed += 1;

@@ -55,8 +55,11 @@ use super::super::device::{castle_segments, CASTLE_TILE};
 use super::tile::empty_like;
 
 /// Tile side: `TILE x TILE` units per cube, and the `TILE x TILE` shared-memory tiles (seven in the
-/// backward pass: 7 KiB of f32, inside wgpu's default 16 KiB of workgroup memory).
+/// backward pass: 7 KiB of f32).
 pub const TILE: usize = CASTLE_TILE;
+
+/// The most columns of a row a kernel stages in shared memory at once (`Geometry::chunk`).
+const MAX_CHUNK: usize = 64;
 
 /// Storage buffers the forward kernel binds: seven inputs, `out`, `lse`, `u_final`, the
 /// segments' running keys and their sums.
@@ -120,6 +123,7 @@ pub fn forward_in_segments<R: CubeRuntime>(
             s,
             TILE,
             (d as usize).div_ceil(TILE),
+            g.chunk(&client, 3, 3),
             window.is_some(),
             g.dtype.into(),
         );
@@ -217,6 +221,7 @@ pub fn backward_in_segments<R: CubeRuntime>(
                 seg,
                 s,
                 TILE,
+                g.chunk(&client, 7, 3),
                 window.is_some(),
                 sums_only,
                 g.dtype.into(),
@@ -266,6 +271,7 @@ fn segment_sums<R: CubeRuntime>(g: &Geometry, x: &[CubeTensor<R>; 7], du: &CubeT
         seg,
         s,
         TILE,
+        g.chunk(&x[0].client, 1, 1),
         g.window.is_some(),
         g.dtype.into(),
     );
@@ -382,6 +388,26 @@ impl Geometry {
 
     fn cube_dim(&self) -> CubeDim {
         CubeDim::new_2d(TILE as u32, TILE as u32)
+    }
+
+    /// Columns per staged chunk for a kernel holding `squares` `TILE x TILE` tiles and `staged`
+    /// `TILE x (chunk + 1)` tiles of f32 in shared memory: the largest divisor of `d` up to
+    /// [`MAX_CHUNK`] that fits the device (64 at `d` of 64 or 128, 48 at 96, on CUDA GPUs and
+    /// lavapipe).
+    fn chunk<R: CubeRuntime>(
+        &self,
+        client: &ComputeClient<R>,
+        squares: usize,
+        staged: usize,
+    ) -> usize {
+        let d = self.shape[3];
+        let max = client.properties().hardware.max_shared_memory_size;
+        let bytes =
+            |chunk: usize| (squares * TILE + staged * (chunk + 1)) * TILE * size_of::<f32>();
+        (1..=MAX_CHUNK.min(d))
+            .rev()
+            .find(|&chunk| d.is_multiple_of(chunk) && bytes(chunk) <= max)
+            .unwrap_or(1)
     }
 
     /// The kernels' runtime scalars `(L, d, W, segment tiles, s)`. A window of `L` or more is

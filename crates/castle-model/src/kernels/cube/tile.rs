@@ -74,10 +74,6 @@ impl Tiling {
     pub fn of<R: CubeRuntime>(x: &CubeTensor<R>) -> Self {
         let [batch, heads, len, d] = x.shape().dims::<4>();
         let device = &x.client.properties().hardware;
-        eprintln!(
-            "TILING d={d} smem={} units={}",
-            device.max_shared_memory_size, device.max_units_per_cube
-        );
         let fits = |b: usize| {
             (4 * b * (d + 1) + 2 * b * b) * size_of::<f32>() <= device.max_shared_memory_size
                 && b * b <= device.max_units_per_cube as usize

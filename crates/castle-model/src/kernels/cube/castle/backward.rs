@@ -19,6 +19,8 @@
 //! (`sig`, `A`, `p`, `dl`, `dsu`, `draw`, `dA`); in the row phases it owns columns
 //! `c, c + T, ...` of row `I T + r` (query `t` in (3), position `j` in (1), (5) and the `dA`
 //! step) and of owner row `J T + r` in (2), (4). Each gradient entry has one owner: no atomics.
+//! As in the forward kernel, the dot products over `d` read the rows of `c` (`kU`, `vU`, `U`,
+//! `kC`, `vC`) from tiles staged in shared memory, `chunk` columns at a time.
 //!
 //! Segments: `U` at the end of segment `g` is `u_final` minus the later segments' terms `du`,
 //! and `D` there is the later segments' share of `dLoss/dU`, `d_sums`. So the kernel runs twice:
@@ -29,8 +31,8 @@
 use cubecl::prelude::*;
 
 use super::tiles::{
-    diagonal_entry, dot, in_band, lookahead_mask, lookahead_score, segment_end, sig_entry, silu,
-    silu_grad, sync_all, tile_lookahead,
+    clamp_row, diagonal_entry, dot, dot_staged, in_band, lookahead_mask, lookahead_score,
+    segment_end, sig_value, silu, silu_grad, stage, sync_all, tile_lookahead,
 };
 
 /// The seven gradients (f32) from the forward's `out`, `lse`, `u_final` and `d_out`, for the
@@ -68,6 +70,7 @@ pub(super) fn castle_backward_kernel<F: Float>(
     seg: u32,
     scale: f32,
     #[comptime] tile: usize,
+    #[comptime] chunk: usize,
     #[comptime] windowed: bool,
     #[comptime] sums_only: bool,
     #[define(F)] _dtype: StorageType,
@@ -96,6 +99,10 @@ pub(super) fn castle_backward_kernel<F: Float>(
     let mut dsu = SharedMemory::<f32>::new(tile * tile);
     let mut da = SharedMemory::<f32>::new(tile * tile);
     let mut draw = SharedMemory::<f32>::new(tile * tile);
+    // Staged column chunks of the rows of `c`: kU / vU of tile `it`, then U, kC, vC of tile `jt`.
+    let mut s0 = SharedMemory::<f32>::new(tile * (chunk + 1));
+    let mut s1 = SharedMemory::<f32>::new(tile * (chunk + 1));
+    let mut s2 = SharedMemory::<f32>::new(tile * (chunk + 1));
 
     // U and D at the segment's end, gradients 0, on the entries this unit owns.
     let mut p = r;
@@ -135,7 +142,10 @@ pub(super) fn castle_backward_kernel<F: Float>(
         let t = it * tile + r;
         let live = t < l;
         let row = head + t * d;
-        a[r * tile + c] = diagonal_entry(qc_nope, vu, head, t, it * tile + c, l, d, s);
+        let row_r = head + clamp_row(t, l) * d;
+        a[r * tile + c] = diagonal_entry::<F>(
+            qc_nope, vu, &mut s0, head, it, t, row_r, c, l, d, s, tile, chunk,
+        );
         da[r * tile + c] = 0.0;
         let mut delta = 0.0f32;
         let mut lse_t = 0.0f32;
@@ -147,8 +157,25 @@ pub(super) fn castle_backward_kernel<F: Float>(
             let band = in_band(jt, it, w, tile, windowed);
             let own = jt * tile + r;
             let own_w = uw + own * d;
-            sig[r * tile + c] =
-                sig_entry(qu, ku, head, own, it * tile + c, band, l, d, w, s, windowed);
+            let own_r = clamp_row(own, l) * d;
+            // qU_own . kU_j (sig) and, for (4), D[own] . vU_j, before (4) adds tile `it` to D.
+            let mut qu_ku = 0.0f32;
+            let mut d_vu = 0.0f32;
+            if band {
+                let mut k0 = 0;
+                while k0 < d {
+                    sync_all();
+                    stage::<F>(ku, &mut s0, head, it * tile, k0, l, d, tile, chunk);
+                    stage::<F>(vu, &mut s1, head, it * tile, k0, l, d, tile, chunk);
+                    sync_cube();
+                    qu_ku += dot_staged::<F>(qu, head + own_r + k0, &s0, c, chunk);
+                    if !sums_only {
+                        d_vu += dot_staged::<f32>(state, dd + uw + own_r + k0, &s1, c, chunk);
+                    }
+                    k0 += chunk;
+                }
+            }
+            sig[r * tile + c] = sig_value(qu_ku, own, it * tile + c, band, l, w, s, windowed);
             sync_all();
             if band {
                 // (1) position j = t, D still without tile `it`.
@@ -175,19 +202,31 @@ pub(super) fn castle_backward_kernel<F: Float>(
                     }
                 }
             }
-            sync_all();
-            // (3) query t, owner i: recompute S_U, the logit and p from lse.
+            // (3) query t, owner i: recompute S_U, the logit and p from lse, with U as peeled.
+            let mut qc_u = 0.0f32;
+            let mut qc_kc = 0.0f32;
+            let mut do_vc = 0.0f32;
+            let mut k0 = 0;
+            while k0 < d {
+                sync_all();
+                stage::<f32>(state, &mut s0, uw, jt * tile, k0, l, d, tile, chunk);
+                stage::<F>(kc, &mut s1, head, jt * tile, k0, l, d, tile, chunk);
+                stage::<F>(vc, &mut s2, head, jt * tile, k0, l, d, tile, chunk);
+                sync_cube();
+                qc_u += dot_staged::<F>(qc_nope, row_r + k0, &s0, c, chunk);
+                qc_kc += dot_staged::<F>(qc, row_r + k0, &s1, c, chunk);
+                do_vc += dot_staged::<F>(d_out, row_r + k0, &s2, c, chunk);
+                k0 += chunk;
+            }
             let i = jt * tile + c;
             let mut pv = 0.0f32;
             let mut dlv = 0.0f32;
             let mut dsv = 0.0f32;
             if live && i <= t {
-                let key = head + i * d;
-                let key_u = uw + i * d;
-                let su = lookahead_score(qc_nope, state, &a, &sig, row, key_u, r, c, d, s, tile);
-                let logit = s * dot(qc, row, kc, key, d) - silu(su);
+                let su = lookahead_score(qc_u, &a, &sig, r, c, s, tile);
+                let logit = s * qc_kc - silu(su);
                 pv = f32::exp(logit - lse_t);
-                dlv = pv * (dot(d_out, row, vc, key, d) - delta);
+                dlv = pv * (do_vc - delta);
                 dsv = -dlv * silu_grad(su);
             }
             prob[r * tile + c] = pv;
@@ -221,7 +260,7 @@ pub(super) fn castle_backward_kernel<F: Float>(
             let j = it * tile + c;
             let mut val = 0.0f32;
             if !sums_only && own < l && band && j < l && lookahead_mask(own, j, w, windowed) {
-                let mut ds = dot(state, dd + own_w, vu, head + j * d, d);
+                let mut ds = d_vu;
                 for c3 in c..tile {
                     ds += dsu[c3 * tile + r] * a[c3 * tile + c];
                 }

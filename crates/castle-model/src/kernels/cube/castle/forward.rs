@@ -4,14 +4,16 @@
 //! `castle`). Unit `(r, c)` computes the `(r, c)` entries of the `A`, `sig` and logit tiles;
 //! in the row phases it owns columns `c, c + T, ...` of query row `t = I T + r` (its output
 //! accumulator) and of owner row `i = J T + r` (its lookahead key `U[i]`). The row's softmax
-//! state `(m, l)` is kept, identically, by each of the row's `T` units.
+//! state `(m, l)` is kept, identically, by each of the row's `T` units. The dot products over
+//! `d` read the rows of `c` (`kU`, `vU`, `U`, `kC`) from tiles staged in shared memory,
+//! `chunk` columns at a time, and the rows of `r` from global memory.
 
 use cubecl::prelude::*;
 
 use super::super::tile::MASKED;
 use super::tiles::{
-    diagonal_entry, dot, in_band, lookahead_score, segment_end, sig_entry, silu, sync_all,
-    tile_lookahead,
+    clamp_row, diagonal_entry, dot_staged, in_band, lookahead_score, segment_end, sig_value, silu,
+    stage, sync_all, tile_lookahead,
 };
 
 /// `du[g][i] = sum_{j in segment g} sig[i,j] vU_j` for every owner `i` (zero for owners after
@@ -30,6 +32,7 @@ pub(super) fn segment_sums_kernel<F: Float>(
     seg: u32,
     scale: f32,
     #[comptime] tile: usize,
+    #[comptime] chunk: usize,
     #[comptime] windowed: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -45,6 +48,7 @@ pub(super) fn segment_sums_kernel<F: Float>(
     let lo = g * seg as usize;
     let hi = segment_end(lo, seg as usize, l.div_ceil(tile));
     let mut sig = SharedMemory::<f32>::new(tile * tile);
+    let mut ks = SharedMemory::<f32>::new(tile * (chunk + 1));
     let mut p = r;
     while p < l {
         let mut k = c;
@@ -59,7 +63,19 @@ pub(super) fn segment_sums_kernel<F: Float>(
             let band = in_band(jt, it, w, tile, windowed);
             let owner = jt * tile + r;
             let j = it * tile + c;
-            sig[r * tile + c] = sig_entry(qu, ku, head, owner, j, band, l, d, w, scale, windowed);
+            let mut qu_ku = 0.0f32;
+            if band {
+                let own_row = head + clamp_row(owner, l) * d;
+                let mut k0 = 0;
+                while k0 < d {
+                    sync_cube();
+                    stage::<F>(ku, &mut ks, head, it * tile, k0, l, d, tile, chunk);
+                    sync_cube();
+                    qu_ku += dot_staged::<F>(qu, own_row + k0, &ks, c, chunk);
+                    k0 += chunk;
+                }
+            }
+            sig[r * tile + c] = sig_value(qu_ku, owner, j, band, l, w, scale, windowed);
             sync_all();
             if band && owner < l {
                 let mut k = c;
@@ -99,6 +115,7 @@ pub(super) fn castle_forward_kernel<F: Float>(
     scale: f32,
     #[comptime] tile: usize,
     #[comptime] slots: usize,
+    #[comptime] chunk: usize,
     #[comptime] windowed: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -118,6 +135,10 @@ pub(super) fn castle_forward_kernel<F: Float>(
     let mut a = SharedMemory::<f32>::new(tile * tile);
     let mut sig = SharedMemory::<f32>::new(tile * tile);
     let mut logits = SharedMemory::<f32>::new(tile * tile);
+    // Staged column chunks of the rows of `c`: kU / vU of tile `it`, U and kC of tile `jt`.
+    let mut s0 = SharedMemory::<f32>::new(tile * (chunk + 1));
+    let mut s1 = SharedMemory::<f32>::new(tile * (chunk + 1));
+    let mut s2 = SharedMemory::<f32>::new(tile * (chunk + 1));
     // Row t's output, columns c, c + T, ...
     let mut o = Array::<f32>::new(slots);
 
@@ -141,7 +162,10 @@ pub(super) fn castle_forward_kernel<F: Float>(
         let t = it * tile + r;
         let live = t < l;
         let row = head + t * d;
-        a[r * tile + c] = diagonal_entry(qc_nope, vu, head, t, it * tile + c, l, d, scale);
+        let row_r = head + clamp_row(t, l) * d;
+        a[r * tile + c] = diagonal_entry::<F>(
+            qc_nope, vu, &mut s0, head, it, t, row_r, c, l, d, scale, tile, chunk,
+        );
         for s in 0..slots {
             o[s] = 0.0;
         }
@@ -150,28 +174,33 @@ pub(super) fn castle_forward_kernel<F: Float>(
         for jt in 0..it + 1 {
             let band = in_band(jt, it, w, tile, windowed);
             let owner = jt * tile + r;
-            sig[r * tile + c] = sig_entry(
-                qu,
-                ku,
-                head,
-                owner,
-                it * tile + c,
-                band,
-                l,
-                d,
-                w,
-                scale,
-                windowed,
-            );
+            let own_row = head + clamp_row(owner, l) * d;
+            // The dot products over d: qU_i . kU_j (sig), qC_t . U[i] (S_U), qC_t . kC_i.
+            let mut qu_ku = 0.0f32;
+            let mut qc_u = 0.0f32;
+            let mut qc_kc = 0.0f32;
+            let mut k0 = 0;
+            while k0 < d {
+                sync_all();
+                stage::<F>(ku, &mut s0, head, it * tile, k0, l, d, tile, chunk);
+                stage::<f32>(work, &mut s1, uw, jt * tile, k0, l, d, tile, chunk);
+                stage::<F>(kc, &mut s2, head, jt * tile, k0, l, d, tile, chunk);
+                sync_cube();
+                if band {
+                    qu_ku += dot_staged::<F>(qu, own_row + k0, &s0, c, chunk);
+                }
+                qc_u += dot_staged::<F>(qc_nope, row_r + k0, &s1, c, chunk);
+                qc_kc += dot_staged::<F>(qc, row_r + k0, &s2, c, chunk);
+                k0 += chunk;
+            }
+            sig[r * tile + c] = sig_value(qu_ku, owner, it * tile + c, band, l, w, scale, windowed);
             sync_all();
             // eq. 7 for query t and owner i.
             let i = jt * tile + c;
             let mut logit = f32::new(MASKED);
             if live && i <= t {
-                let key = head + i * d;
-                let key_u = uw + i * d;
-                let su = lookahead_score(qc_nope, work, &a, &sig, row, key_u, r, c, d, scale, tile);
-                logit = scale * dot(qc, row, kc, key, d) - silu(su);
+                let su = lookahead_score(qc_u, &a, &sig, r, c, scale, tile);
+                logit = scale * qc_kc - silu(su);
             }
             logits[r * tile + c] = logit;
             sync_all();

@@ -76,69 +76,134 @@ pub(super) fn in_band(
     band
 }
 
-/// `sig[i, j] = sigmoid(s qU_i . kU_j) Mu[i,j]` for owner `i` and position `j`; zero past `L`
-/// and outside the band (eq. 3-4, 9).
+/// `sig[i, j] = sigmoid(s qU_i . kU_j) Mu[i,j]` for owner `i` and position `j`, given
+/// `qu_ku = qU_i . kU_j`; zero past `L` and outside the band (eq. 3-4, 9).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn sig_entry<F: Float>(
-    qu: &Tensor<F>,
-    ku: &Tensor<F>,
-    head: usize,
+pub(super) fn sig_value(
+    qu_ku: f32,
     i: usize,
     j: usize,
     band: bool,
     len: usize,
-    dim: usize,
     w: usize,
     scale: f32,
     #[comptime] windowed: bool,
 ) -> f32 {
     let mut val = 0.0f32;
     if band && j < len && lookahead_mask(i, j, w, windowed) {
-        val = sigmoid(scale * dot(qu, head + i * dim, ku, head + j * dim, dim));
+        val = sigmoid(scale * qu_ku);
     }
     val
 }
 
-/// `A[t, j] = s qC_t . vU_j` for query `t` and `j <= t` in the same tile, zero elsewhere (the
-/// diagonal correction of spec section 3).
+/// Row `row` of a head, or its last row past `len`: where unit `(r, c)` may read the row of `r`
+/// for a dot product whose result it then discards.
+#[cube]
+pub(super) fn clamp_row(row: usize, len: usize) -> usize {
+    let mut p = row;
+    if p >= len {
+        p = len - 1;
+    }
+    p
+}
+
+/// Copies columns `k0..k0 + chunk` of rows `row0..row0 + tile` of the head at `head` into
+/// `dst` as f32, rows `chunk + 1` floats apart (odd: the rows a warp reads in [`dot_staged`]
+/// start in distinct banks); zero for rows past `len`. The cube's units copy consecutive
+/// elements (coalesced reads).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stage<F: Float>(
+    src: &Tensor<F>,
+    dst: &mut SharedMemory<f32>,
+    head: usize,
+    row0: usize,
+    k0: usize,
+    len: usize,
+    dim: usize,
+    #[comptime] tile: usize,
+    #[comptime] chunk: usize,
+) {
+    let mut e = UNIT_POS as usize;
+    while e < tile * chunk {
+        let row = row0 + e / chunk;
+        let mut x = 0.0f32;
+        if row < len {
+            x = f32::cast_from(src[head + row * dim + k0 + e % chunk]);
+        }
+        dst[(e / chunk) * (chunk + 1) + e % chunk] = x;
+        e += tile * tile;
+    }
+}
+
+/// `x[at..at + chunk] . staged row c`: a chunk of one of unit `(r, c)`'s dot products, the row
+/// of `r` read from global memory (the same few rows across a warp) and the row of `c` from a
+/// tile that [`stage`] copied.
+#[cube]
+pub(super) fn dot_staged<F: Float>(
+    x: &Tensor<F>,
+    at: usize,
+    staged: &SharedMemory<f32>,
+    c: usize,
+    #[comptime] chunk: usize,
+) -> f32 {
+    let mut acc = 0.0f32;
+    for e in 0..chunk {
+        acc += f32::cast_from(x[at + e]) * staged[c * (chunk + 1) + e];
+    }
+    acc
+}
+
+/// `A[t, j] = s qC_t . vU_j` for query `t` (row `r` of tile `it`, at `row_r` in `qc_nope`, clamped)
+/// and `j = it T + c <= t`, zero elsewhere: the diagonal correction of spec section 3. The
+/// `vU` rows go through `buf`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn diagonal_entry<F: Float>(
     qc_nope: &Tensor<F>,
     vu: &Tensor<F>,
+    buf: &mut SharedMemory<f32>,
     head: usize,
+    it: usize,
     t: usize,
-    j: usize,
+    row_r: usize,
+    c: usize,
     len: usize,
     dim: usize,
     scale: f32,
+    #[comptime] tile: usize,
+    #[comptime] chunk: usize,
 ) -> f32 {
+    let mut qc_vu = 0.0f32;
+    let mut k0 = 0;
+    while k0 < dim {
+        sync_cube();
+        stage::<F>(vu, buf, head, it * tile, k0, len, dim, tile, chunk);
+        sync_cube();
+        qc_vu += dot_staged::<F>(qc_nope, row_r + k0, buf, c, chunk);
+        k0 += chunk;
+    }
     let mut val = 0.0f32;
-    if t < len && j <= t {
-        val = scale * dot(qc_nope, head + t * dim, vu, head + j * dim, dim);
+    if t < len && it * tile + c <= t {
+        val = scale * qc_vu;
     }
     val
 }
 
-/// `S_U[t, i]` for query `t` (row `r` of its tile) and owner `i` (row `c` of its tile) from the
-/// keys `U` as `t`'s tile sees them and the current `A`, `sig` tiles (eq. 5-6).
+/// `S_U[t, i] = s qC_t . U[i] + sum_{j <= t in the tile} A[t,j] sig[i,j]` for query `t` (row
+/// `r` of its tile) and owner `i` (row `c` of its tile), given `qc_u = qC_t . U[i]` (eq. 5-6).
 #[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn lookahead_score<F: Float>(
-    qc_nope: &Tensor<F>,
-    u: &Tensor<f32>,
+pub(super) fn lookahead_score(
+    qc_u: f32,
     a: &SharedMemory<f32>,
     sig: &SharedMemory<f32>,
-    row: usize,
-    key: usize,
     r: usize,
     c: usize,
-    dim: usize,
     scale: f32,
     #[comptime] tile: usize,
 ) -> f32 {
-    let mut su = scale * dot(qc_nope, row, u, key, dim);
+    let mut su = scale * qc_u;
     for c2 in 0..r + 1 {
         su += a[r * tile + c2] * sig[c * tile + c2];
     }
