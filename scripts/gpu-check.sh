@@ -10,8 +10,9 @@
 # gzipped together, come to about 35 MB. `run` (carry ["gpu-check.tgz"]) unpacks them and runs
 # stages ordered by value, each under its own time limit so that one slow stage cannot eat the
 # whole lease: the CubeCL kernel tests on CUDA (forward and every gradient against the CPU
-# kernels, causality, saved state); the paper's S shape (12 layers, d_model 896, L 2048) for a
-# few steps of each attention, in f32 and in bf16, whose log lines give tokens/s; castle-bench
+# kernels, causality, saved state; the same kernels under burn's fusion); the paper's S shape
+# (12 layers, d_model 896, L 2048) for a few steps of each attention, in f32 and in bf16, and of
+# the baseline without fusion, whose log lines give tokens/s; castle-bench
 # tables 1 and 2 on CUDA; 60 steps of small.toml for each attention. nvidia-smi's memory use is
 # sampled during each stage. Everything printed also lands in $OUT/gpu-check.log (when $OUT is
 # set). Record what it prints in docs/benchmarks.md.
@@ -64,7 +65,7 @@ build)
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/castle-target}" CARGO_INCREMENTAL=0
     export CUDARC_CUDA_VERSION=13000
     rm -rf "$bin" && mkdir -p "$bin"
-    for t in cube_kernels cube_castle; do
+    for t in cube_kernels cube_castle fusion; do
         exe=$(cargo test --release -p castle-model --features cuda --test "$t" --no-run --message-format=json \
             | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
         cp "$exe" "$bin/$t"
@@ -88,7 +89,7 @@ run)
     find_cuda
     backend="${BACKEND:-cuda}"
     if [ -z "${DRY:-}" ]; then
-        for t in cube_kernels cube_castle; do
+        for t in cube_kernels cube_castle fusion; do
             stage "test-$t" "${TEST_LIMIT:-150}" "$bin/$t" --test-threads 1
         done
     fi
@@ -105,6 +106,10 @@ run)
         --set train.steps="${S_STEPS:-4}" --set run.dir=\"/tmp/runs/s-baseline\"
     stage s-castle "${S_LIMIT:-90}" "${train[@]}" --set model.attention=\"castle\" "${s_shape[@]}" \
         --set train.steps="${S_STEPS:-4}" --set run.dir=\"/tmp/runs/s-castle\"
+    # The baseline without burn's fusion of elementwise ops (the runs above have it): its gain.
+    stage s-baseline-bare "${S_LIMIT:-90}" "${train[@]}" --set model.attention=\"baseline\" \
+        "${s_shape[@]}" --set backend.fusion=false --set train.steps="${S_STEPS:-4}" \
+        --set run.dir=\"/tmp/runs/s-baseline-bare\"
     # The same in bf16 mixed precision: issue 14's throughput target is against the bf16 peak.
     for a in baseline castle; do
         stage "s-$a-bf16" "${S_LIMIT:-90}" "${train[@]}" --set model.attention=\"$a\" "${s_shape[@]}" \

@@ -462,6 +462,6 @@ pub fn section(report: &Report, opts: &Options, md: &mut String, targets: &mut S
 }
 
 /// Whether `backend` computes in host memory, the memory castle-bench's allocator counts.
-fn on_host(backend: BackendKind) -> bool {
+pub(crate) fn on_host(backend: BackendKind) -> bool {
     matches!(backend, BackendKind::Flex | BackendKind::Ndarray)
 }

@@ -19,6 +19,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use castle_model::{AttentionKind, ModelConfig, TrainBackend};
 use castle_train::backend::OnBackend;
+use castle_train::config::BackendConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -73,6 +74,8 @@ pub struct Options {
     pub decode_lengths: Vec<usize>,
     /// Timed decode steps per context length and variant.
     pub decode_steps: usize,
+    /// Run the GPU backends under burn's `Fusion` wrapper (`backend.fusion`).
+    pub fusion: bool,
 }
 
 impl Options {
@@ -112,6 +115,7 @@ impl Options {
             train_reps: 5,
             decode_lengths: vec![128, 256, 512, 1024, 2048],
             decode_steps: 8,
+            fusion: true,
         }
     }
 
@@ -212,7 +216,12 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> 
             log: &mut *log,
             report: &mut report,
         };
-        castle_train::backend::dispatch(backend, task)?;
+        let config = BackendConfig {
+            kind: backend,
+            fusion: opts.fusion,
+            ..Default::default()
+        };
+        castle_train::backend::dispatch_training(&config, task)?;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)

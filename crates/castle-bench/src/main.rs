@@ -52,6 +52,10 @@ struct Args {
     /// Timed decode steps per context length in table 3.
     #[arg(long)]
     decode_steps: Option<usize>,
+    /// Run the GPU backends (cuda, wgpu) without burn's `Fusion` wrapper, one GPU kernel per op
+    /// (`backend.fusion = false`).
+    #[arg(long)]
+    no_fusion: bool,
     /// Also write the report into this file, between its generated-section markers (the rest of
     /// the file is kept). Without a value: docs/benchmarks.md.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "docs/benchmarks.md")]
@@ -93,6 +97,7 @@ fn main() -> Result<()> {
     if let Some(l) = args.decode_lengths {
         opts.decode_lengths = l;
     }
+    opts.fusion = !args.no_fusion;
     if let Some(s) = args.decode_steps {
         opts.decode_steps = s;
     }

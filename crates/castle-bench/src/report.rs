@@ -31,6 +31,17 @@ pub fn markdown(report: &Report, opts: &Options) -> String {
         );
     }
     let _ = writeln!(md);
+    if report
+        .matmul_gflops
+        .iter()
+        .any(|&(b, _)| !attention::on_host(b))
+    {
+        let fusion = if opts.fusion { "under" } else { "without" };
+        let _ = writeln!(
+            md,
+            "The GPU backends run {fusion} burn's `Fusion` wrapper.\n"
+        );
+    }
 
     let mut targets = String::new();
     attention::section(report, opts, &mut md, &mut targets);

@@ -15,36 +15,47 @@ pub trait OnBackend {
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
-/// Runs `task` on `kind` without activation checkpointing. The GPU backends are burn's
-/// `CubeBackend` without the `Fusion` wrapper of burn's `Cuda`/`Wgpu` aliases, so that the
-/// attentions run castle's CubeCL kernels.
+/// Runs `task` on `kind` without activation checkpointing, the GPU backends under burn's
+/// `Fusion` wrapper (`castle_model::kernels::cube::FusedWgpu`, `FusedCuda`).
 pub fn dispatch<T: OnBackend>(kind: BackendKind, task: T) -> Result<T::Output> {
-    dispatch_with::<NoCheckpointing, T>(kind, task)
+    dispatch_with::<NoCheckpointing, T>(kind, true, task)
 }
 
-/// Runs a training `task` on `backend.kind` with `backend.checkpointing`'s strategy.
+/// Runs a training `task` on `backend.kind` with `backend.checkpointing`'s strategy, under
+/// fusion or not as `backend.fusion` says.
 pub fn dispatch_training<T: OnBackend>(backend: &BackendConfig, task: T) -> Result<T::Output> {
+    let (kind, fusion) = (backend.kind, backend.fusion);
     match backend.checkpointing {
-        Checkpointing::None => dispatch_with::<NoCheckpointing, T>(backend.kind, task),
-        Checkpointing::Balanced => dispatch_with::<BalancedCheckpointing, T>(backend.kind, task),
+        Checkpointing::None => dispatch_with::<NoCheckpointing, T>(kind, fusion, task),
+        Checkpointing::Balanced => dispatch_with::<BalancedCheckpointing, T>(kind, fusion, task),
     }
 }
 
+/// `kind`'s backend under autodiff with checkpointing `C`. The GPU backends are burn's
+/// `CubeBackend`, bare or under burn's `Fusion` wrapper: castle's own aliases, so that the
+/// attentions run castle's CubeCL kernels.
 fn dispatch_with<C: CheckpointStrategy, T: OnBackend>(
     kind: BackendKind,
+    #[allow(unused_variables)] fusion: bool,
     task: T,
 ) -> Result<T::Output> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    use castle_model::kernels::cube;
     match kind {
         BackendKind::Ndarray => task.run::<Autodiff<NdArray<f32>, C>>(Default::default()),
         BackendKind::Flex => task.run::<Autodiff<Flex, C>>(Default::default()),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => {
-            task.run::<Autodiff<castle_model::kernels::cube::Cuda, C>>(Default::default())
-        }
+        BackendKind::Cuda if fusion => task.run::<Autodiff<cube::FusedCuda, C>>(Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => task.run::<Autodiff<cube::Cuda, C>>(Default::default()),
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
             wgpu_adapter()?;
-            task.run::<Autodiff<castle_model::kernels::cube::Wgpu, C>>(Default::default())
+            if fusion {
+                task.run::<Autodiff<cube::FusedWgpu, C>>(Default::default())
+            } else {
+                task.run::<Autodiff<cube::Wgpu, C>>(Default::default())
+            }
         }
         #[allow(unreachable_patterns)]
         _ => anyhow::bail!(kind.not_compiled_in()),

@@ -234,7 +234,7 @@ impl std::fmt::Display for Checkpointing {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub kind: BackendKind,
@@ -244,6 +244,22 @@ pub struct BackendConfig {
     /// [`crate::memory::default_memory_gib`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_gib: Option<f64>,
+    /// `wgpu` and `cuda`: run under burn's `Fusion` wrapper, which fuses the elementwise ops
+    /// around the attention kernels into few GPU kernels (default); `false` runs the bare
+    /// `CubeBackend`, one GPU kernel per op. The CPU backends ignore it.
+    pub fusion: bool,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::default(),
+            dtype: Dtype::default(),
+            checkpointing: Checkpointing::default(),
+            memory_gib: None,
+            fusion: true,
+        }
+    }
 }
 
 impl RunConfig {

@@ -1,6 +1,6 @@
 //! Training on wgpu (lavapipe in CI) through the `castle-train` binary: from the same checkpoint,
 //! the baseline and CASTLE (each attention running its CubeCL kernel) take the same steps on
-//! wgpu as on the CPU's `flex`, to float tolerance.
+//! wgpu, under burn's fusion and without it, as on the CPU's `flex`, to float tolerance.
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -11,13 +11,20 @@ use std::process::Command;
 use castle_train::metrics::{read_metrics, StepMetrics};
 use common::{castle_train, tiny_args, with, write_corpus};
 
-/// `configs/tiny.toml` with `attention` on `backend` up to step `steps` in `dir/run`; the steps
-/// logged there.
-fn train(dir: &Path, run: &str, backend: &str, attention: &str, steps: usize) -> Vec<StepMetrics> {
+/// `configs/tiny.toml` with `attention` on `backend` (`fusion` or not) up to step `steps` in
+/// `dir/run`; the steps logged there.
+fn train(
+    dir: &Path,
+    run: &str,
+    (backend, fusion): (&str, bool),
+    attention: &str,
+    steps: usize,
+) -> Vec<StepMetrics> {
     let args = with(
         tiny_args(dir, run),
         &[
             &format!("backend.kind=\"{backend}\""),
+            &format!("backend.fusion={fusion}"),
             &format!("model.attention=\"{attention}\""),
             &format!("train.steps={steps}"),
             "eval.every=3",
@@ -32,7 +39,8 @@ fn train(dir: &Path, run: &str, backend: &str, attention: &str, steps: usize) ->
     );
     let config = std::fs::read_to_string(dir.join(run).join("config.toml")).unwrap();
     assert!(
-        config.contains(&format!("kind = \"{backend}\"")),
+        config.contains(&format!("kind = \"{backend}\""))
+            && config.contains(&format!("fusion = {fusion}")),
         "{config}"
     );
     read_metrics(&dir.join(run).join("metrics.jsonl")).unwrap()
@@ -62,20 +70,27 @@ fn assert_same_losses(gpu: &[StepMetrics], cpu: &[StepMetrics], what: &str) {
     }
 }
 
-/// The backends draw different initial weights from the same seed, so both runs resume from a
-/// step-2 checkpoint of one `flex` run and take steps 3 to 6.
+/// The backends draw different initial weights from the same seed, so every run resumes from a
+/// step-2 checkpoint of one `flex` run and takes steps 3 to 6.
 #[test]
 fn wgpu_training_matches_flex() {
     let tmp = tempfile::tempdir().unwrap();
     write_corpus(tmp.path(), 30);
     for attention in ["baseline", "castle"] {
         let start = format!("{attention}-start");
-        train(tmp.path(), &start, "flex", attention, 2);
-        let [on_gpu, on_cpu] = ["wgpu", "flex"].map(|b| format!("{attention}-{b}"));
-        copy_dir(&tmp.path().join(&start), &tmp.path().join(&on_gpu));
-        copy_dir(&tmp.path().join(&start), &tmp.path().join(&on_cpu));
-        let gpu = train(tmp.path(), &on_gpu, "wgpu", attention, 6);
-        let cpu = train(tmp.path(), &on_cpu, "flex", attention, 6);
-        assert_same_losses(&gpu, &cpu, attention);
+        train(tmp.path(), &start, ("flex", true), attention, 2);
+        let mut runs = Vec::new();
+        for (name, backend) in [
+            ("fused", ("wgpu", true)),
+            ("bare", ("wgpu", false)),
+            ("flex", ("flex", true)),
+        ] {
+            let run = format!("{attention}-{name}");
+            copy_dir(&tmp.path().join(&start), &tmp.path().join(&run));
+            runs.push(train(tmp.path(), &run, backend, attention, 6));
+        }
+        let what = |name: &str| format!("{attention} on wgpu {name}");
+        assert_same_losses(&runs[0], &runs[2], &what("under fusion"));
+        assert_same_losses(&runs[1], &runs[2], &what("without fusion"));
     }
 }

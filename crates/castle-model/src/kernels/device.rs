@@ -30,6 +30,27 @@ pub enum DeviceAttention {
     Castle { window: Option<usize> },
 }
 
+impl DeviceAttention {
+    /// How many `[batch, heads, len, d]` inputs the kernel takes.
+    pub fn inputs(self) -> usize {
+        match self {
+            Self::Causal => 3,
+            Self::Castle { .. } => 7,
+        }
+    }
+
+    /// The shapes of what the forward pass saves for the backward pass (f32), given the
+    /// inputs' `[batch, heads, len, d]`: each row's logsumexp, and for CASTLE the final
+    /// lookahead keys `U`.
+    pub fn saved_shapes(self, [batch, heads, len, d]: [usize; 4]) -> Vec<Shape> {
+        let lse = Shape::new([batch, heads, len]);
+        match self {
+            Self::Causal => vec![lse],
+            Self::Castle { .. } => vec![lse, Shape::new([batch, heads, len, d])],
+        }
+    }
+}
+
 /// The tile side of the CubeCL CASTLE kernels (`kernels::cube::castle::TILE`).
 pub const CASTLE_TILE: usize = 16;
 

@@ -5,6 +5,8 @@
 //! - [`causal`]: the baseline's causal softmax attention, forward and backward.
 //! - [`castle`]: CASTLE attention (lookahead keys), forward and backward, saving the row
 //!   statistics and the final lookahead keys `U` (`O(L d)` per head).
+//! - `fusion`: both under burn's `Fusion` wrapper (`FusedWgpu`, `FusedCuda`), as custom
+//!   operations between burn's fused elementwise kernels.
 //!
 //! The tile is chosen from the head dimension and the device's limits (`tile::Tiling`), not
 //! from `model.block_size`, which sizes the CPU kernels' blocks; results do not depend on either
@@ -16,7 +18,13 @@
 pub mod castle;
 pub mod causal;
 mod causal_grad;
+mod fusion;
 mod tile;
+
+#[cfg(feature = "cuda")]
+pub use fusion::FusedCuda;
+#[cfg(feature = "wgpu")]
+pub use fusion::FusedWgpu;
 
 use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
