@@ -46,7 +46,7 @@ fn forward_kernel<F: Float>(
     let mut row_max = SharedMemory::<f32>::new(b);
     let mut row_sum = SharedMemory::<f32>::new(b);
     let mut rescale = SharedMemory::<f32>::new(b);
-    load_tile::<F>(q, &mut qs, base, q0, len, b, d);
+    load_tile::<F>(q, &mut qs, base, q0, 0, len, d, b, d);
     if tid < b {
         row_max[tid] = MASKED;
         row_sum[tid] = 0.0;
@@ -58,8 +58,8 @@ fn forward_kernel<F: Float>(
     for kt in 0..CUBE_POS_X as usize + 1 {
         let k0 = kt * b;
         sync_cube();
-        load_tile::<F>(k, &mut ks, base, k0, len, b, d);
-        load_tile::<F>(v, &mut vs, base, k0, len, b, d);
+        load_tile::<F>(k, &mut ks, base, k0, 0, len, d, b, d);
+        load_tile::<F>(v, &mut vs, base, k0, 0, len, d, b, d);
         sync_cube();
         let mut z = scale * dot(&qs, &ks, r, c, d);
         if k0 + c > q0 + r {

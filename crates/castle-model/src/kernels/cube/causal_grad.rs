@@ -81,8 +81,8 @@ pub(super) fn dq_kernel<F: Float>(
     let mut ks = SharedMemory::<f32>::new(b * (d + 1));
     let mut vs = SharedMemory::<f32>::new(b * (d + 1));
     let mut dzs = SharedMemory::<f32>::new(b * b);
-    load_tile::<F>(q, &mut qs, base, q0, len, b, d);
-    load_tile::<F>(d_out, &mut dos, base, q0, len, b, d);
+    load_tile::<F>(q, &mut qs, base, q0, 0, len, d, b, d);
+    load_tile::<F>(d_out, &mut dos, base, q0, 0, len, d, b, d);
     let mut acc = Array::<f32>::new(slots);
     for s in 0..slots {
         acc[s] = 0.0;
@@ -90,8 +90,8 @@ pub(super) fn dq_kernel<F: Float>(
     for kt in 0..CUBE_POS_X as usize + 1 {
         let k0 = kt * b;
         sync_cube();
-        load_tile::<F>(k, &mut ks, base, k0, len, b, d);
-        load_tile::<F>(v, &mut vs, base, k0, len, b, d);
+        load_tile::<F>(k, &mut ks, base, k0, 0, len, d, b, d);
+        load_tile::<F>(v, &mut vs, base, k0, 0, len, d, b, d);
         sync_cube();
         let t = q0 + r;
         let pg = probs_and_grad(
@@ -165,8 +165,8 @@ pub(super) fn dkv_kernel<F: Float>(
     let mut dos = SharedMemory::<f32>::new(b * (d + 1));
     let mut ps = SharedMemory::<f32>::new(b * b);
     let mut dzs = SharedMemory::<f32>::new(b * b);
-    load_tile::<F>(k, &mut ks, base, k0, len, b, d);
-    load_tile::<F>(v, &mut vs, base, k0, len, b, d);
+    load_tile::<F>(k, &mut ks, base, k0, 0, len, d, b, d);
+    load_tile::<F>(v, &mut vs, base, k0, 0, len, d, b, d);
     let mut dk_acc = Array::<f32>::new(slots);
     let mut dv_acc = Array::<f32>::new(slots);
     for s in 0..slots {
@@ -177,8 +177,8 @@ pub(super) fn dkv_kernel<F: Float>(
     for qt in CUBE_POS_X as usize..CUBE_COUNT_X as usize {
         let q0 = qt * b;
         sync_cube();
-        load_tile::<F>(q, &mut qs, base, q0, len, b, d);
-        load_tile::<F>(d_out, &mut dos, base, q0, len, b, d);
+        load_tile::<F>(q, &mut qs, base, q0, 0, len, d, b, d);
+        load_tile::<F>(d_out, &mut dos, base, q0, 0, len, d, b, d);
         sync_cube();
         let pg = probs_and_grad(
             &qs,

@@ -9,28 +9,33 @@ use cubecl::prelude::*;
 /// A masked logit: `exp(MASKED - m) = 0` for any finite row maximum `m`.
 pub(super) const MASKED: f32 = -1.0e30;
 
-/// Copies rows `row0..row0 + b` of the head at `base` into `dst` as `f32`, zero past `len`.
-/// Rows lie `d + 1` floats apart in shared memory (the tiles' pitch, odd): the rows a warp reads
-/// at once in [`dot`] then start in distinct banks, where with `d = 64` they would all start in
-/// bank 0.
+/// Copies columns `k0..k0 + chunk` of rows `row0..row0 + b` of the head at `base` (rows `dim`
+/// apart) into `dst` as `f32`, zero past `len`; the causal kernels copy whole rows (`k0 = 0`,
+/// `chunk = d`), the CASTLE kernels chunks of them. The cube's `b x b` units copy consecutive
+/// elements (coalesced reads). Rows lie `chunk + 1` floats apart in shared memory, odd at every
+/// even `chunk` (the configs' head dimensions): the rows a warp reads at once then start in
+/// distinct banks, where with a pitch of 64 they would all start in bank 0.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn load_tile<F: Float>(
     src: &Tensor<F>,
     dst: &mut SharedMemory<f32>,
     base: usize,
     row0: usize,
+    k0: usize,
     len: usize,
+    dim: usize,
     #[comptime] b: usize,
-    #[comptime] d: usize,
+    #[comptime] chunk: usize,
 ) {
     let mut i = UNIT_POS as usize;
-    while i < b * d {
-        let row = row0 + i / d;
+    while i < b * chunk {
+        let row = row0 + i / chunk;
         let mut x = 0.0f32;
         if row < len {
-            x = f32::cast_from(src[base + row * d + i % d]);
+            x = f32::cast_from(src[base + row * dim + k0 + i % chunk]);
         }
-        dst[(i / d) * (d + 1) + i % d] = x;
+        dst[(i / chunk) * (chunk + 1) + i % chunk] = x;
         i += b * b;
     }
 }

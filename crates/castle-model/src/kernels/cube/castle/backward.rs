@@ -30,9 +30,10 @@
 
 use cubecl::prelude::*;
 
+use super::super::tile::load_tile;
 use super::tiles::{
     clamp_row, diagonal_entry, dot, dot_staged, in_band, lookahead_mask, lookahead_score,
-    segment_end, sig_value, silu, silu_grad, stage, sync_all, tile_lookahead,
+    segment_end, sig_value, silu, silu_grad, sync_all, tile_lookahead,
 };
 
 /// The seven gradients (f32) from the forward's `out`, `lse`, `u_final` and `d_out`, for the
@@ -165,8 +166,8 @@ pub(super) fn castle_backward_kernel<F: Float>(
                 let mut k0 = 0;
                 while k0 < d {
                     sync_all();
-                    stage::<F>(ku, &mut s0, head, it * tile, k0, l, d, tile, chunk);
-                    stage::<F>(vu, &mut s1, head, it * tile, k0, l, d, tile, chunk);
+                    load_tile::<F>(ku, &mut s0, head, it * tile, k0, l, d, tile, chunk);
+                    load_tile::<F>(vu, &mut s1, head, it * tile, k0, l, d, tile, chunk);
                     sync_cube();
                     qu_ku += dot_staged::<F>(qu, head + own_r + k0, &s0, c, chunk);
                     if !sums_only {
@@ -209,9 +210,9 @@ pub(super) fn castle_backward_kernel<F: Float>(
             let mut k0 = 0;
             while k0 < d {
                 sync_all();
-                stage::<f32>(state, &mut s0, uw, jt * tile, k0, l, d, tile, chunk);
-                stage::<F>(kc, &mut s1, head, jt * tile, k0, l, d, tile, chunk);
-                stage::<F>(vc, &mut s2, head, jt * tile, k0, l, d, tile, chunk);
+                load_tile::<f32>(state, &mut s0, uw, jt * tile, k0, l, d, tile, chunk);
+                load_tile::<F>(kc, &mut s1, head, jt * tile, k0, l, d, tile, chunk);
+                load_tile::<F>(vc, &mut s2, head, jt * tile, k0, l, d, tile, chunk);
                 sync_cube();
                 qc_u += dot_staged::<F>(qc_nope, row_r + k0, &s0, c, chunk);
                 qc_kc += dot_staged::<F>(qc, row_r + k0, &s1, c, chunk);

@@ -10,10 +10,10 @@
 
 use cubecl::prelude::*;
 
-use super::super::tile::MASKED;
+use super::super::tile::{load_tile, MASKED};
 use super::tiles::{
     clamp_row, diagonal_entry, dot_staged, in_band, lookahead_score, segment_end, sig_value, silu,
-    stage, sync_all, tile_lookahead,
+    sync_all, tile_lookahead,
 };
 
 /// `du[g][i] = sum_{j in segment g} sig[i,j] vU_j` for every owner `i` (zero for owners after
@@ -69,7 +69,7 @@ pub(super) fn segment_sums_kernel<F: Float>(
                 let mut k0 = 0;
                 while k0 < d {
                     sync_cube();
-                    stage::<F>(ku, &mut ks, head, it * tile, k0, l, d, tile, chunk);
+                    load_tile::<F>(ku, &mut ks, head, it * tile, k0, l, d, tile, chunk);
                     sync_cube();
                     qu_ku += dot_staged::<F>(qu, own_row + k0, &ks, c, chunk);
                     k0 += chunk;
@@ -182,9 +182,9 @@ pub(super) fn castle_forward_kernel<F: Float>(
             let mut k0 = 0;
             while k0 < d {
                 sync_all();
-                stage::<F>(ku, &mut s0, head, it * tile, k0, l, d, tile, chunk);
-                stage::<f32>(work, &mut s1, uw, jt * tile, k0, l, d, tile, chunk);
-                stage::<F>(kc, &mut s2, head, jt * tile, k0, l, d, tile, chunk);
+                load_tile::<F>(ku, &mut s0, head, it * tile, k0, l, d, tile, chunk);
+                load_tile::<f32>(work, &mut s1, uw, jt * tile, k0, l, d, tile, chunk);
+                load_tile::<F>(kc, &mut s2, head, jt * tile, k0, l, d, tile, chunk);
                 sync_cube();
                 if band {
                     qu_ku += dot_staged::<F>(qu, own_row + k0, &s0, c, chunk);

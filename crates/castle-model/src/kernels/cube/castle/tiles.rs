@@ -3,6 +3,8 @@
 
 use cubecl::prelude::*;
 
+use super::super::tile::load_tile;
+
 /// Barrier for the cube's shared memory and for its writes to global memory (`U`, `D`).
 #[cube]
 pub(super) fn sync_all() {
@@ -108,38 +110,9 @@ pub(super) fn clamp_row(row: usize, len: usize) -> usize {
     p
 }
 
-/// Copies columns `k0..k0 + chunk` of rows `row0..row0 + tile` of the head at `head` into
-/// `dst` as f32, rows `chunk + 1` floats apart (odd: the rows a warp reads in [`dot_staged`]
-/// start in distinct banks); zero for rows past `len`. The cube's units copy consecutive
-/// elements (coalesced reads).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn stage<F: Float>(
-    src: &Tensor<F>,
-    dst: &mut SharedMemory<f32>,
-    head: usize,
-    row0: usize,
-    k0: usize,
-    len: usize,
-    dim: usize,
-    #[comptime] tile: usize,
-    #[comptime] chunk: usize,
-) {
-    let mut e = UNIT_POS as usize;
-    while e < tile * chunk {
-        let row = row0 + e / chunk;
-        let mut x = 0.0f32;
-        if row < len {
-            x = f32::cast_from(src[head + row * dim + k0 + e % chunk]);
-        }
-        dst[(e / chunk) * (chunk + 1) + e % chunk] = x;
-        e += tile * tile;
-    }
-}
-
 /// `x[at..at + chunk] . staged row c`: a chunk of one of unit `(r, c)`'s dot products, the row
 /// of `r` read from global memory (the same few rows across a warp) and the row of `c` from a
-/// tile that [`stage`] copied.
+/// tile that `load_tile` copied.
 #[cube]
 pub(super) fn dot_staged<F: Float>(
     x: &Tensor<F>,
@@ -179,7 +152,7 @@ pub(super) fn diagonal_entry<F: Float>(
     let mut k0 = 0;
     while k0 < dim {
         sync_cube();
-        stage::<F>(vu, buf, head, it * tile, k0, len, dim, tile, chunk);
+        load_tile::<F>(vu, buf, head, it * tile, k0, len, dim, tile, chunk);
         sync_cube();
         qc_vu += dot_staged::<F>(qc_nope, row_r + k0, buf, c, chunk);
         k0 += chunk;
