@@ -167,7 +167,9 @@ pub(super) fn castle_backward_kernel<F: Float>(
                 while k0 < d {
                     sync_all();
                     load_tile::<F>(ku, &mut s0, head, it * tile, k0, l, d, tile, chunk);
-                    load_tile::<F>(vu, &mut s1, head, it * tile, k0, l, d, tile, chunk);
+                    if !sums_only {
+                        load_tile::<F>(vu, &mut s1, head, it * tile, k0, l, d, tile, chunk);
+                    }
                     sync_cube();
                     qu_ku += dot_staged::<F>(qu, head + own_r + k0, &s0, c, chunk);
                     if !sums_only {
