@@ -149,6 +149,17 @@ impl Tok {
             .map_err(|e| anyhow!("decoding failed: {e}"))
     }
 
+    /// The bytes token `id` stands for: for a byte-level BPE, its piece read back through the
+    /// byte alphabet (possibly part of a UTF-8 character); otherwise its decoded text. Ids
+    /// outside the vocabulary give no bytes.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let piece = self.inner.id_to_token(id).unwrap_or_default();
+        match piece.chars().map(byte_of_char).collect::<Option<Vec<u8>>>() {
+            Some(bytes) => bytes,
+            None => self.decode(&[id]).unwrap_or_default().into_bytes(),
+        }
+    }
+
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -172,6 +183,19 @@ impl Tok {
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
+    }
+}
+
+/// The byte a character of GPT-2's byte-level alphabet stands for: printable Latin-1 bytes
+/// stand for themselves, the other 68 bytes are written as U+0100.. in byte order.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    match u32::from(c) {
+        b @ 0..=0xFF if printable(b as u8) => Some(b as u8),
+        n @ 0x100..=0x143 => (0..=255u8)
+            .filter(|&b| !printable(b))
+            .nth((n - 0x100) as usize),
+        _ => None,
     }
 }
 

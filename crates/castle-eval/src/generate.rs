@@ -24,6 +24,9 @@ pub struct SamplingOptions {
     pub temperature: f64,
     /// Sample among the `top_k` most likely tokens; 0 keeps all.
     pub top_k: usize,
+    /// Then among the fewest most likely tokens whose probability reaches `top_p` (nucleus
+    /// sampling); 1 keeps all.
+    pub top_p: f64,
     pub seed: u64,
 }
 
@@ -32,6 +35,7 @@ impl Default for SamplingOptions {
         Self {
             temperature: 0.0,
             top_k: 0,
+            top_p: 1.0,
             seed: 0,
         }
     }
@@ -52,7 +56,19 @@ pub fn sample(logits: &[f32], options: &SamplingOptions, rng: &mut Rng) -> usize
         .iter()
         .map(|&i| ((logits[i] as f64 - top) / options.temperature).exp())
         .collect();
-    let mut r = rng.random::<f64>() * weights.iter().sum::<f64>();
+    let mut total: f64 = weights.iter().sum();
+    if options.top_p < 1.0 {
+        let mut mass = 0.0;
+        let kept = weights
+            .iter()
+            .position(|w| {
+                mass += w;
+                mass >= options.top_p * total
+            })
+            .map_or(weights.len(), |i| i + 1);
+        total = weights[..kept].iter().sum();
+    }
+    let mut r = rng.random::<f64>() * total;
     for (&i, w) in order.iter().zip(&weights) {
         if r < *w {
             return i;
@@ -229,11 +245,15 @@ fn sample_loop(
 
 /// Turns a growing list of token ids into text increments: decodes the whole list each time
 /// and hands out the new suffix, holding back an incomplete UTF-8 character (shown as U+FFFD
-/// by the byte-level decoder) until its remaining bytes arrive.
+/// by the byte-level decoder) until its remaining bytes arrive. With stop strings, the text
+/// ends before the first of them (neither it nor anything after it is handed out), and text that
+/// could be the start of one is held back until it is known not to be.
 #[derive(Debug, Default)]
 pub struct TextStream {
     ids: Vec<u32>,
     printed: usize,
+    stops: Vec<String>,
+    stopped: bool,
 }
 
 impl TextStream {
@@ -241,18 +261,60 @@ impl TextStream {
         Self::default()
     }
 
+    /// A stream that ends before the first of `stops` (none empty).
+    pub fn with_stops(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a stop string has appeared: nothing more will be handed out.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Adds `id` and returns the text that became final.
     pub fn push(&mut self, id: u32, decode: impl Fn(&[u32]) -> Result<String>) -> Result<String> {
         self.ids.push(id);
+        if self.stopped {
+            return Ok(String::new());
+        }
         let text = decode(&self.ids)?;
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            self.stopped = true;
+            return Ok(self.take(&text[..at]));
+        }
         let stable = text.trim_end_matches('\u{FFFD}');
-        Ok(self.take(stable))
+        let held = self.partial_stop(stable);
+        Ok(self.take(&stable[..stable.len() - held]))
     }
 
     /// Whatever is left, incomplete characters included.
     pub fn finish(&mut self, decode: impl Fn(&[u32]) -> Result<String>) -> Result<String> {
+        if self.stopped {
+            return Ok(String::new());
+        }
         let text = decode(&self.ids)?;
         Ok(self.take(&text))
+    }
+
+    /// Bytes at the end of `text` that are the start of a stop string.
+    fn partial_stop(&self, text: &str) -> usize {
+        self.stops
+            .iter()
+            .filter_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .find(|&n| s.is_char_boundary(n) && text.ends_with(&s[..n]))
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn take(&mut self, text: &str) -> String {

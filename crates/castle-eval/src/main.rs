@@ -72,6 +72,15 @@ struct Args {
     /// Sample among the K most likely tokens; 0 keeps all.
     #[arg(long, default_value_t = 50, help_heading = "Generation")]
     top_k: usize,
+    /// Then among the fewest most likely tokens whose probability reaches P (nucleus sampling);
+    /// 1 keeps all.
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "P",
+        help_heading = "Generation"
+    )]
+    top_p: f64,
     #[arg(long, default_value_t = 0, help_heading = "Generation")]
     seed: u64,
     /// Recompute the whole sequence for every token instead of using the cache (for comparison).
@@ -97,6 +106,9 @@ fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        anyhow::bail!("--top-p {}: must be in (0, 1]", args.top_p);
+    }
     let wants_perplexity =
         args.perplexity || args.data.is_some() || (args.prompt.is_none() && args.tasks.is_empty());
     let request = EvalRequest {
@@ -115,6 +127,7 @@ fn run(args: Args) -> Result<()> {
             sampling: SamplingOptions {
                 temperature: args.temperature,
                 top_k: args.top_k,
+                top_p: args.top_p,
                 seed: args.seed,
             },
             no_cache: args.no_cache,

@@ -62,6 +62,7 @@ fn seeded_sampling_through_the_cache_equals_full_recomputation() {
     let options = SamplingOptions {
         temperature: 1.0,
         top_k: 10,
+        top_p: 1.0,
         seed: 11,
     };
     for (kind, window) in kinds() {
@@ -115,6 +116,7 @@ fn sampling_respects_temperature_and_top_k() {
     let top2 = SamplingOptions {
         temperature: 5.0,
         top_k: 2,
+        top_p: 1.0,
         seed: 0,
     };
     let mut seen = [0usize; 5];
@@ -130,6 +132,7 @@ fn sampling_respects_temperature_and_top_k() {
     let all = SamplingOptions {
         temperature: 100.0,
         top_k: 0,
+        top_p: 1.0,
         seed: 0,
     };
     let mut seen = [0usize; 5];
@@ -140,6 +143,32 @@ fn sampling_respects_temperature_and_top_k() {
         seen.iter().all(|&n| n > 700),
         "near uniform at high temperature: {seen:?}"
     );
+}
+
+#[test]
+fn top_p_keeps_the_fewest_tokens_that_reach_it() {
+    // Probabilities 0.5, 0.3, 0.15, 0.05 (temperature 1): top_p 0.75 keeps the first two,
+    // 0.81 needs the third, 0.3 only the first.
+    let logits = [0.5f64, 0.3, 0.15, 0.05].map(|p| p.ln() as f32);
+    let mut rng = Rng::seed_from_u64(3);
+    for (top_p, kept) in [(0.75, 2), (0.81, 3), (0.3, 1)] {
+        let options = SamplingOptions {
+            temperature: 1.0,
+            top_k: 0,
+            top_p,
+            seed: 0,
+        };
+        let mut seen = [0usize; 4];
+        for _ in 0..3000 {
+            seen[sample(&logits, &options, &mut rng)] += 1;
+        }
+        let used = seen.iter().filter(|&&n| n > 0).count();
+        assert_eq!(used, kept, "top_p {top_p}: {seen:?}");
+        assert!(
+            seen[..kept].iter().all(|&n| n > 100),
+            "top_p {top_p}: {seen:?}"
+        );
+    }
 }
 
 #[test]
@@ -157,4 +186,33 @@ fn text_stream_holds_back_incomplete_characters() {
     }
     out.push_str(&s.finish(decode).unwrap());
     assert_eq!(out, "hé€!");
+}
+
+#[test]
+fn text_stream_ends_before_a_stop_string_and_holds_back_its_start() {
+    let decode = |ids: &[u32]| -> anyhow::Result<String> {
+        let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let run = |text: &str, stops: &[&str]| {
+        let mut s = TextStream::with_stops(stops.iter().map(|s| s.to_string()).collect());
+        let mut pieces = vec![];
+        for b in text.bytes() {
+            pieces.push(s.push(b as u32, decode).unwrap());
+        }
+        pieces.push(s.finish(decode).unwrap());
+        (pieces, s.stopped())
+    };
+    let (pieces, stopped) = run("one\n\ntwo", &["\n\n", "xyz"]);
+    assert!(stopped);
+    assert_eq!(pieces.concat(), "one");
+    // The first newline could start the stop: it is never handed out.
+    assert!(pieces.iter().all(|p| !p.contains('\n')), "{pieces:?}");
+    // The earliest of several stops wins; a stop across a multi-byte character works.
+    assert_eq!(run("a€b€c", &["b€", "€"]).0.concat(), "a");
+    // A held-back start that turns out not to be a stop is handed out later.
+    let (pieces, stopped) = run("ab\nc", &["\n\n"]);
+    assert!(!stopped);
+    assert_eq!(pieces.concat(), "ab\nc");
+    assert_eq!(pieces[2], "", "the newline is held back: {pieces:?}");
 }

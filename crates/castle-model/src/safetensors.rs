@@ -230,6 +230,23 @@ pub fn export<B: Backend>(
     written
 }
 
+/// Loads an export directory as the network its `config.json` describes (for serving and
+/// evaluation, where no run config says what to expect). Returns the config with the model.
+pub fn load_export<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(CastleLm<B>, ExportConfig), SafetensorsError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let saved = ExportConfig::read(&config_path)?;
+    let model = load_weights(
+        &saved.model_config(&config_path)?,
+        saved.vocab_size,
+        &dir.join(WEIGHTS_FILE),
+        device,
+    )?;
+    Ok((model, saved))
+}
+
 /// Loads an export for a run whose `[model]` is `config` with a vocabulary of `vocab_size`:
 /// `path` is the export directory or its `model.safetensors` (with `config.json` beside it).
 /// The file's `config.json` must describe the same network as the run (see

@@ -7,7 +7,7 @@ use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 use super::SafetensorsError;
-use crate::config::AttentionKind;
+use crate::config::{AttentionKind, ModelConfig};
 use crate::lm::CastleLm;
 
 /// Version of this file's layout; bumped when a name or a meaning changes.
@@ -112,6 +112,34 @@ impl ExportConfig {
             tokenizer_file: tokenizer_sha256.map(|_| super::TOKENIZER_FILE.into()),
             tokenizer_sha256: tokenizer_sha256.map(str::to_string),
         }
+    }
+
+    /// The `[model]` that rebuilds this network (the chunk block size is not part of an export:
+    /// the default). Errors name the key that describes no valid model.
+    pub fn model_config(&self, path: &Path) -> Result<ModelConfig, SafetensorsError> {
+        let castle = self.attention != AttentionKind::Baseline;
+        let config = ModelConfig {
+            castle_heads: castle.then_some(self.num_attention_heads),
+            mlp_hidden: Some(self.intermediate_size),
+            max_seq_len: self.max_position_embeddings,
+            tie_embeddings: self.tie_word_embeddings,
+            rope_theta: self.rope_theta,
+            ..ModelConfig::new(
+                self.num_hidden_layers,
+                self.hidden_size,
+                if castle {
+                    self.parity_heads
+                } else {
+                    self.num_attention_heads
+                },
+                self.head_dim,
+            )
+            .with_attention(self.attention, self.lookahead_window)
+        };
+        config
+            .validate()
+            .map_err(|e| super::file_error(path, format!("describes no valid model: {e}")))?;
+        Ok(config)
     }
 
     pub fn to_json(&self) -> String {

@@ -1,0 +1,324 @@
+//! The engine: the one thread that owns the model. Requests wait in one queue; each turn the
+//! engine takes everything queued, scores the prompts that need at most one new token in
+//! batches (grouped by length, right-padded: the model is causal, so padding after a prompt
+//! changes none of its positions), starts the longer generations with a cached `prefill`, and
+//! then advances every running generation by one cached `decode` step, so a long generation
+//! never holds up a short request. Results go back through each request's own channel, which
+//! never blocks: a slow client cannot stall the queue, and a client that went away has its work
+//! dropped.
+
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use burn::prelude::*;
+use castle_data::Tok;
+use castle_eval::generate::{sample, Rng, SamplingOptions, TextStream};
+use castle_model::{AttentionBackend, CastleLm, LmCache};
+use rand::SeedableRng;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::logprobs::{score, Scored};
+
+/// One prompt of a request, checked and tokenized.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    pub prompt: Vec<u32>,
+    /// Tokens to generate (0: score the prompt only).
+    pub max_tokens: usize,
+    pub sampling: SamplingOptions,
+    /// Alternatives per position; `None`: no log-probabilities.
+    pub logprobs: Option<usize>,
+    /// Score the prompt's own tokens too (with `logprobs`).
+    pub echo: bool,
+    pub stop: Vec<String>,
+}
+
+/// A request's prompts and where their results go.
+pub struct Job {
+    pub sequences: Vec<Sequence>,
+    pub events: UnboundedSender<Event>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// `<|endoftext|>` or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// What the engine reports about prompt `index` of a job, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The prompt's tokens, scored (echo with logprobs): the first has no score.
+    Prompt {
+        index: usize,
+        positions: Vec<(u32, Option<Scored>)>,
+    },
+    /// A generated token, its log-probabilities when asked for, and the text it made final.
+    Token {
+        index: usize,
+        token: u32,
+        scored: Option<Scored>,
+        text: String,
+    },
+    /// The prompt is done; `text` is what was left of the completion.
+    Done {
+        index: usize,
+        finish: Finish,
+        text: String,
+    },
+}
+
+/// A generation between its steps.
+struct Running<B: AttentionBackend> {
+    index: usize,
+    events: UnboundedSender<Event>,
+    sequence: Sequence,
+    rng: Rng,
+    text: TextStream,
+    generated: usize,
+    cache: LmCache<B>,
+    /// The token to feed next.
+    last: u32,
+}
+
+/// The engine's state: the model and what it needs to turn logits into events.
+pub struct Engine<'a, B: AttentionBackend> {
+    pub model: &'a CastleLm<B>,
+    pub tokenizer: Arc<Tok>,
+    pub device: B::Device,
+    /// The most positions (batch x padded length) one scoring forward pass may hold.
+    pub batch_tokens: usize,
+}
+
+impl<B: AttentionBackend> Engine<'_, B> {
+    /// Serves `jobs` until every sender is gone and every generation has finished.
+    pub fn run(&self, jobs: Receiver<Job>) {
+        let mut running: Vec<Running<B>> = vec![];
+        loop {
+            let mut arrived = vec![];
+            if running.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => arrived.push(job),
+                    Err(_) => return,
+                }
+            }
+            arrived.extend(jobs.try_iter());
+            let mut scoring = vec![];
+            for job in arrived {
+                for (index, sequence) in job.sequences.into_iter().enumerate() {
+                    let events = job.events.clone();
+                    if sequence.max_tokens <= 1 {
+                        scoring.push((index, events, sequence));
+                    } else if let Some(r) = self.start(index, events, sequence) {
+                        running.push(r);
+                    }
+                }
+            }
+            self.score(scoring);
+            running.retain_mut(|r| self.step(r));
+        }
+    }
+
+    /// Scores prompts that need at most one new token, in batches of similar length.
+    fn score(&self, mut pending: Vec<(usize, UnboundedSender<Event>, Sequence)>) {
+        pending.retain(|(_, events, _)| !events.is_closed());
+        pending.sort_by_key(|(_, _, s)| s.prompt.len());
+        let mut rest = &mut pending[..];
+        while !rest.is_empty() {
+            let mut n = 1;
+            while n < rest.len() && (n + 1) * rest[n].2.prompt.len() <= self.batch_tokens {
+                n += 1;
+            }
+            let (batch, tail) = rest.split_at_mut(n);
+            rest = tail;
+            let prompts: Vec<&[u32]> = batch.iter().map(|(_, _, s)| &s.prompt[..]).collect();
+            let logits = self.forward(&prompts);
+            for ((index, events, sequence), logits) in batch.iter().zip(logits) {
+                let vocab = self.model.vocab_size();
+                self.report_prompt(*index, events, sequence, &logits);
+                let mut rng = Rng::seed_from_u64(sequence.sampling.seed);
+                let mut text = TextStream::with_stops(sequence.stop.clone());
+                let finish = if sequence.max_tokens == 1 {
+                    let last = &logits[logits.len() - vocab..];
+                    let (_, finish) =
+                        self.emit(*index, events, sequence, last, &mut rng, &mut text);
+                    finish.unwrap_or(Finish::Length)
+                } else {
+                    Finish::Length
+                };
+                self.done(*index, events, finish, &mut text);
+            }
+        }
+    }
+
+    /// Prefills a generation's prompt and emits its first token.
+    fn start(
+        &self,
+        index: usize,
+        events: UnboundedSender<Event>,
+        sequence: Sequence,
+    ) -> Option<Running<B>> {
+        if events.is_closed() {
+            return None;
+        }
+        let (logits, cache) = self.model.prefill(self.tokens(&[&sequence.prompt]));
+        let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        self.report_prompt(index, &events, &sequence, &logits);
+        let vocab = self.model.vocab_size();
+        let mut r = Running {
+            index,
+            events,
+            rng: Rng::seed_from_u64(sequence.sampling.seed),
+            text: TextStream::with_stops(sequence.stop.clone()),
+            sequence,
+            generated: 0,
+            cache,
+            last: 0,
+        };
+        self.advance(&mut r, &logits[logits.len() - vocab..])
+            .then_some(r)
+    }
+
+    /// One cached decode step; false once the generation is over (or its client gone).
+    fn step(&self, r: &mut Running<B>) -> bool {
+        if r.events.is_closed() {
+            return false;
+        }
+        let logits = self.model.decode(self.tokens(&[&[r.last]]), &mut r.cache);
+        let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        self.advance(r, &logits)
+    }
+
+    /// Draws the next token from `logits` and reports it; false once the generation is over.
+    fn advance(&self, r: &mut Running<B>, logits: &[f32]) -> bool {
+        r.generated += 1;
+        let (token, finish) = self.emit(
+            r.index,
+            &r.events,
+            &r.sequence,
+            logits,
+            &mut r.rng,
+            &mut r.text,
+        );
+        r.last = token;
+        let finish = finish.or((r.generated == r.sequence.max_tokens).then_some(Finish::Length));
+        match finish {
+            Some(finish) => {
+                self.done(r.index, &r.events, finish, &mut r.text);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Draws a token from `logits`, sends it with the text it made final, and says whether it
+    /// stopped the generation.
+    fn emit(
+        &self,
+        index: usize,
+        events: &UnboundedSender<Event>,
+        sequence: &Sequence,
+        logits: &[f32],
+        rng: &mut Rng,
+        text: &mut TextStream,
+    ) -> (u32, Option<Finish>) {
+        let token = sample(logits, &sequence.sampling, rng) as u32;
+        let scored = sequence.logprobs.map(|k| score(logits, token, k));
+        let eot = token == self.tokenizer.eot_id();
+        let piece = if eot {
+            String::new()
+        } else {
+            text.push(token, |ids| self.tokenizer.decode(ids))
+                .unwrap_or_default()
+        };
+        let _ = events.send(Event::Token {
+            index,
+            token,
+            scored,
+            text: piece,
+        });
+        (token, (eot || text.stopped()).then_some(Finish::Stop))
+    }
+
+    fn done(
+        &self,
+        index: usize,
+        events: &UnboundedSender<Event>,
+        finish: Finish,
+        text: &mut TextStream,
+    ) {
+        let text = text
+            .finish(|ids| self.tokenizer.decode(ids))
+            .unwrap_or_default();
+        let _ = events.send(Event::Done {
+            index,
+            finish,
+            text,
+        });
+    }
+
+    /// With echo and logprobs, the prompt's tokens scored from the logits of the positions
+    /// before them (`logits`: the prompt's positions, row-major).
+    fn report_prompt(
+        &self,
+        index: usize,
+        events: &UnboundedSender<Event>,
+        sequence: &Sequence,
+        logits: &[f32],
+    ) {
+        let (true, Some(k)) = (sequence.echo, sequence.logprobs) else {
+            return;
+        };
+        let vocab = self.model.vocab_size();
+        let positions = std::iter::once((sequence.prompt[0], None))
+            .chain(sequence.prompt[1..].iter().enumerate().map(|(i, &token)| {
+                (
+                    token,
+                    Some(score(&logits[i * vocab..(i + 1) * vocab], token, k)),
+                )
+            }))
+            .collect();
+        let _ = events.send(Event::Prompt { index, positions });
+    }
+
+    /// One forward pass over `prompts` right-padded to the longest: each prompt's logits,
+    /// `len x vocab` row-major.
+    fn forward(&self, prompts: &[&[u32]]) -> Vec<Vec<f32>> {
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let vocab = self.model.vocab_size();
+        let all: Vec<f32> = self
+            .model
+            .forward(self.tokens(prompts))
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(b, p)| all[b * width * vocab..(b * width + p.len()) * vocab].to_vec())
+            .collect()
+    }
+
+    /// `prompts` as a `[batch, longest]` tensor, right-padded with token 0.
+    fn tokens(&self, prompts: &[&[u32]]) -> Tensor<B, 2, Int> {
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut ids = vec![0i64; prompts.len() * width];
+        for (row, p) in ids.chunks_mut(width.max(1)).zip(prompts) {
+            for (slot, &t) in row.iter_mut().zip(*p) {
+                *slot = t as i64;
+            }
+        }
+        Tensor::from_data(TensorData::new(ids, [prompts.len(), width]), &self.device)
+    }
+}

@@ -1,0 +1,120 @@
+//! castle-serve: an OpenAI-compatible completions server for castle checkpoints, with vLLM's
+//! tokenizer endpoints, so that lm-evaluation-harness's `local-completions` model (and any
+//! OpenAI client) can evaluate and use a CASTLE or baseline model.
+//!
+//! - [`model`]: what is served (a checkpoint or a safetensors export) and its tokenizer;
+//! - [`api`]: the requests, checked field by field; [`error`]: OpenAI's error object;
+//! - [`engine`]: the thread that owns the model, batching what is queued;
+//! - [`logprobs`]: a position's log-probabilities and how tokens are written;
+//! - [`http`]: routes, API key, body limit, shutdown; [`completions`]: `/v1/completions`.
+
+pub mod api;
+pub mod completions;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod logprobs;
+pub mod model;
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use castle_model::AttentionBackend;
+
+use crate::engine::Engine;
+use crate::http::{router, shutdown_signal, AppState};
+use crate::model::Served;
+
+/// How the server listens and batches.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: String,
+    /// 0 picks a free port (printed at start).
+    pub port: u16,
+    pub api_key: Option<String>,
+    /// Request bodies over this many bytes get a 413.
+    pub body_limit: usize,
+    /// The most positions (prompts x padded length) one scoring forward pass holds; `None`:
+    /// as many as keep its logits near 256 MiB, and at least one full context.
+    pub batch_tokens: Option<usize>,
+}
+
+/// Serves `served` until SIGINT or SIGTERM, then finishes the requests in flight and returns.
+/// Prints `castle-serve: listening on http://HOST:PORT` to stdout once it accepts connections.
+pub fn serve<B: AttentionBackend>(
+    served: Served<B>,
+    device: B::Device,
+    options: Options,
+) -> Result<()> {
+    let address = (options.host.as_str(), options.port);
+    let listener = TcpListener::bind(address).with_context(|| {
+        format!(
+            "cannot listen on {}:{}: pick another --port (or --host)",
+            options.host, options.port
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let tokenizer = Arc::new(served.tokenizer);
+    let vocab_size = served.model.vocab_size();
+    let batch_tokens = options
+        .batch_tokens
+        .unwrap_or((1 << 26) / vocab_size)
+        .max(served.info.max_seq_len);
+    let (jobs, queue) = std::sync::mpsc::channel();
+    let state = Arc::new(AppState {
+        jobs,
+        tokenizer: tokenizer.clone(),
+        info: served.info.clone(),
+        vocab_size,
+        api_key: options.api_key.clone(),
+        requests: AtomicU64::new(0),
+        started: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    let app = router(state, options.body_limit);
+    let server = std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            })?;
+            Ok(())
+        })?;
+    let info = &served.info;
+    tracing::info!(
+        model = %info.id,
+        attention = %info.attention,
+        params = info.params,
+        context = info.max_seq_len,
+        batch_tokens,
+        "serving {}",
+        info.source.display()
+    );
+    println!("castle-serve: listening on http://{local}");
+    std::io::stdout().flush()?;
+    Engine {
+        model: &served.model,
+        tokenizer,
+        device,
+        batch_tokens,
+    }
+    .run(queue);
+    server
+        .join()
+        .map_err(|_| anyhow!("the HTTP thread panicked"))??;
+    tracing::info!("stopped");
+    Ok(())
+}
