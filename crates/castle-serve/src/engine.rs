@@ -15,6 +15,7 @@ use castle_data::Tok;
 use castle_eval::generate::{sample, Rng, SamplingOptions, TextStream};
 use castle_model::{AttentionBackend, CastleLm, LmCache};
 use rand::SeedableRng;
+use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::logprobs::{score, Scored};
@@ -143,10 +144,13 @@ impl<B: AttentionBackend> Engine<'_, B> {
             let (batch, tail) = rest.split_at_mut(n);
             rest = tail;
             let prompts: Vec<&[u32]> = batch.iter().map(|(_, _, s)| &s.prompt[..]).collect();
-            let logits = self.forward(&prompts);
-            for ((index, events, sequence), logits) in batch.iter().zip(logits) {
-                let vocab = self.model.vocab_size();
-                self.report_prompt(*index, events, sequence, &logits);
+            let all = self.forward(&prompts);
+            let vocab = self.model.vocab_size();
+            let width = all.len() / (vocab * batch.len());
+            for (b, (index, events, sequence)) in batch.iter().enumerate() {
+                let start = b * width * vocab;
+                let logits = &all[start..start + sequence.prompt.len() * vocab];
+                self.report_prompt(*index, events, sequence, logits);
                 let mut rng = Rng::seed_from_u64(sequence.sampling.seed);
                 let mut text = TextStream::with_stops(sequence.stop.clone());
                 let finish = if sequence.max_tokens == 1 {
@@ -173,7 +177,7 @@ impl<B: AttentionBackend> Engine<'_, B> {
             return None;
         }
         let (logits, cache) = self.model.prefill(self.tokens(&[&sequence.prompt]));
-        let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let logits = host(logits);
         self.report_prompt(index, &events, &sequence, &logits);
         let vocab = self.model.vocab_size();
         let mut r = Running {
@@ -195,8 +199,7 @@ impl<B: AttentionBackend> Engine<'_, B> {
         if r.events.is_closed() {
             return false;
         }
-        let logits = self.model.decode(self.tokens(&[&[r.last]]), &mut r.cache);
-        let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let logits = host(self.model.decode(self.tokens(&[&[r.last]]), &mut r.cache));
         self.advance(r, &logits)
     }
 
@@ -281,33 +284,21 @@ impl<B: AttentionBackend> Engine<'_, B> {
             return;
         };
         let vocab = self.model.vocab_size();
+        let scored: Vec<_> = sequence.prompt[1..]
+            .par_iter()
+            .zip(logits.par_chunks(vocab))
+            .map(|(&token, logits)| (token, Some(score(logits, token, k))))
+            .collect();
         let positions = std::iter::once((sequence.prompt[0], None))
-            .chain(sequence.prompt[1..].iter().enumerate().map(|(i, &token)| {
-                (
-                    token,
-                    Some(score(&logits[i * vocab..(i + 1) * vocab], token, k)),
-                )
-            }))
+            .chain(scored)
             .collect();
         let _ = events.send(Event::Prompt { index, positions });
     }
 
-    /// One forward pass over `prompts` right-padded to the longest: each prompt's logits,
-    /// `len x vocab` row-major.
-    fn forward(&self, prompts: &[&[u32]]) -> Vec<Vec<f32>> {
-        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let vocab = self.model.vocab_size();
-        let all: Vec<f32> = self
-            .model
-            .forward(self.tokens(prompts))
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        prompts
-            .iter()
-            .enumerate()
-            .map(|(b, p)| all[b * width * vocab..(b * width + p.len()) * vocab].to_vec())
-            .collect()
+    /// One forward pass over `prompts` right-padded to the longest: the logits
+    /// `[batch, longest, vocab]`, row-major.
+    fn forward(&self, prompts: &[&[u32]]) -> Vec<f32> {
+        host(self.model.forward(self.tokens(prompts)))
     }
 
     /// `prompts` as a `[batch, longest]` tensor, right-padded with token 0.
@@ -321,4 +312,13 @@ impl<B: AttentionBackend> Engine<'_, B> {
         }
         Tensor::from_data(TensorData::new(ids, [prompts.len(), width]), &self.device)
     }
+}
+
+/// Logits on the host as f32 (the model returns them in the parameters' type, f32).
+fn host<B: AttentionBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
+    logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("converted to f32")
 }

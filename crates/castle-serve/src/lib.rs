@@ -16,8 +16,8 @@ pub mod http;
 pub mod logprobs;
 pub mod model;
 
-use std::io::Write as _;
-use std::net::TcpListener;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,7 +26,7 @@ use anyhow::{anyhow, Context, Result};
 use castle_model::AttentionBackend;
 
 use crate::engine::Engine;
-use crate::http::{router, shutdown_signal, AppState};
+use crate::http::{router, AppState};
 use crate::model::Served;
 
 /// How the server listens and batches.
@@ -43,28 +43,43 @@ pub struct Options {
     pub batch_tokens: Option<usize>,
 }
 
-/// Serves `served` until SIGINT or SIGTERM, then finishes the requests in flight and returns.
-/// Prints `castle-serve: listening on http://HOST:PORT` to stdout once it accepts connections.
-pub fn serve<B: AttentionBackend>(
-    served: Served<B>,
-    device: B::Device,
-    options: Options,
-) -> Result<()> {
-    let address = (options.host.as_str(), options.port);
-    let listener = TcpListener::bind(address).with_context(|| {
-        format!(
-            "cannot listen on {}:{}: pick another --port (or --host)",
-            options.host, options.port
-        )
+impl Options {
+    /// [`Options::batch_tokens`] for a model of this vocabulary and context.
+    pub fn batch_tokens_for(&self, vocab_size: usize, context: usize) -> usize {
+        self.batch_tokens
+            .unwrap_or((1 << 26) / vocab_size)
+            .max(context)
+    }
+}
+
+/// A bound listening socket, before serving.
+pub struct Listening {
+    listener: TcpListener,
+    pub address: SocketAddr,
+}
+
+/// Binds `host:port` (port 0: any free port).
+pub fn bind(host: &str, port: u16) -> Result<Listening> {
+    let listener = TcpListener::bind((host, port)).with_context(|| {
+        format!("cannot listen on {host}:{port}: pick another --port (or --host)")
     })?;
     listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let tokenizer = Arc::new(served.tokenizer);
+    let address = listener.local_addr()?;
+    Ok(Listening { listener, address })
+}
+
+/// Serves `served` on `listening` until `shutdown` resolves (the binary: SIGINT or SIGTERM,
+/// [`http::shutdown_signal`]), then finishes the requests in flight and returns.
+pub fn serve<B: AttentionBackend>(
+    served: &Served<B>,
+    device: B::Device,
+    options: &Options,
+    listening: Listening,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let tokenizer = served.tokenizer.clone();
     let vocab_size = served.model.vocab_size();
-    let batch_tokens = options
-        .batch_tokens
-        .unwrap_or((1 << 26) / vocab_size)
-        .max(served.info.max_seq_len);
+    let batch_tokens = options.batch_tokens_for(vocab_size, served.info.max_seq_len);
     let (jobs, queue) = std::sync::mpsc::channel();
     let state = Arc::new(AppState {
         jobs,
@@ -78,6 +93,7 @@ pub fn serve<B: AttentionBackend>(
             .map_or(0, |d| d.as_secs()),
     });
     let app = router(state, options.body_limit);
+    let listener = listening.listener;
     let server = std::thread::Builder::new()
         .name("http".into())
         .spawn(move || -> Result<()> {
@@ -88,7 +104,7 @@ pub fn serve<B: AttentionBackend>(
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown_signal())
+                    .with_graceful_shutdown(shutdown)
                     .await
             })?;
             Ok(())
@@ -100,11 +116,10 @@ pub fn serve<B: AttentionBackend>(
         params = info.params,
         context = info.max_seq_len,
         batch_tokens,
-        "serving {}",
-        info.source.display()
+        "serving {} on http://{}",
+        info.source.display(),
+        listening.address
     );
-    println!("castle-serve: listening on http://{local}");
-    std::io::stdout().flush()?;
     Engine {
         model: &served.model,
         tokenizer,

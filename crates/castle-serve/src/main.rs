@@ -1,11 +1,13 @@
 //! `castle-serve --ckpt runs/small`: serves a castle checkpoint or export over OpenAI's
 //! completions API and vLLM's tokenizer endpoints (see the crate docs and the README).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use castle_model::TrainBackend;
+use castle_serve::http::shutdown_signal;
 use castle_serve::model::{Served, Source};
 use castle_serve::Options;
 use castle_train::backend::{dispatch, OnBackend};
@@ -76,6 +78,9 @@ impl OnBackend for Job {
     type Output = ();
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<()> {
         let served = Served::<B::InnerBackend>::load(self.source, &device)?;
-        castle_serve::serve(served, device, self.options)
+        let listening = castle_serve::bind(&self.options.host, self.options.port)?;
+        println!("castle-serve: listening on http://{}", listening.address);
+        std::io::stdout().flush()?;
+        castle_serve::serve(&served, device, &self.options, listening, shutdown_signal())
     }
 }

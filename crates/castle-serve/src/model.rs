@@ -3,6 +3,7 @@
 //! tokenizer, loaded on a backend.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use castle_data::Tok;
@@ -63,7 +64,7 @@ pub struct ModelInfo {
 /// A loaded model with its tokenizer.
 pub struct Served<B: AttentionBackend> {
     pub model: CastleLm<B>,
-    pub tokenizer: Tok,
+    pub tokenizer: Arc<Tok>,
     pub info: ModelInfo,
 }
 
@@ -82,7 +83,7 @@ impl<B: AttentionBackend> Served<B> {
                 };
                 Ok(Self {
                     model: loaded.model,
-                    tokenizer: loaded.tokenizer,
+                    tokenizer: Arc::new(loaded.tokenizer),
                     info,
                 })
             }
@@ -122,7 +123,7 @@ impl<B: AttentionBackend> Served<B> {
                 };
                 Ok(Self {
                     model,
-                    tokenizer,
+                    tokenizer: Arc::new(tokenizer),
                     info,
                 })
             }
