@@ -161,3 +161,39 @@ fn the_api_key_guards_everything_but_health_and_bodies_are_limited() {
         .unwrap()
         .contains("--max-body-bytes"));
 }
+
+#[test]
+fn slow_and_vanished_clients_do_not_stall_the_queue() {
+    use std::io::Write as _;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let server = Server::start(&trained().run("castle"), &[]);
+    let address = server.url.strip_prefix("http://").unwrap();
+    let body = json!({"prompt": vec!["the people"; 8], "max_tokens": 50, "temperature": 0,
+                      "stream": true})
+    .to_string();
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // One client that never reads its stream, one that goes away after sending.
+    let mut slow = TcpStream::connect(address).unwrap();
+    slow.write_all(request.as_bytes()).unwrap();
+    let mut gone = TcpStream::connect(address).unwrap();
+    gone.write_all(request.as_bytes()).unwrap();
+    drop(gone);
+    let start = Instant::now();
+    for _ in 0..5 {
+        let reply = server.complete(&json!({"prompt": "we", "max_tokens": 3, "temperature": 0}));
+        assert!(!reply["choices"][0]["finish_reason"].is_null());
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(slow);
+    assert_eq!(server.get("/health").0, 200);
+}
