@@ -17,7 +17,7 @@ pub struct DecodeResult {
     pub median_s: f64,
     /// Heap held by the cache after the prefill, per cached token.
     pub measured_cache_bytes_per_token: f64,
-    /// `layers x heads x (2 or 4) x d x 4 bytes` (spec section 4).
+    /// `layers x heads x (2 or 4) x d x 4 bytes` (docs/castle.md, section 4).
     pub ideal_cache_bytes_per_token: usize,
 }
 
@@ -107,7 +107,7 @@ pub fn section(report: &Report, opts: &Options, md: &mut String, targets: &mut S
         md,
         "## 3. Decoding (`{}`, batch 1, same model shape, after a prefill of the context)\n\n\
          Median of {} decode steps per variant, interleaved, after one warm-up step. Cache bytes per \
-         token: `ideal` = layers x heads x (2 or 4) x d x 4 bytes (spec section 4); `measured` = heap \
+         token: `ideal` = layers x heads x (2 or 4) x d x 4 bytes (docs/castle.md, section 4); `measured` = heap \
          the prefill left held, divided by the context length.\n",
         backend,
         opts.decode_steps

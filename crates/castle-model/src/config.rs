@@ -29,14 +29,14 @@ pub struct ModelConfig {
     pub d_model: usize,
     pub head_dim: usize,
     /// Heads of the *baseline* at this size. CASTLE gets `round(4/7 heads)` heads of the same
-    /// dimension (parameter parity, spec section 5) unless `castle_heads` is set.
+    /// dimension (parameter parity, docs/castle.md, section 5) unless `castle_heads` is set.
     pub heads: usize,
     #[serde(default)]
     pub castle_heads: Option<usize>,
     /// CASTLE-SWL's lookahead window `W` (eq. 9); required for, and only for, `castle-swl`.
     #[serde(default)]
     pub window: Option<usize>,
-    /// Block size of the chunked lookahead form (spec section 3).
+    /// Block size of the chunked lookahead form (docs/castle.md, section 3).
     #[serde(default = "default_block_size")]
     pub block_size: usize,
     /// Longest sequence the model is built for (training `seq_len`, prompt plus generation).
@@ -102,7 +102,7 @@ impl ParamSummary {
     }
 }
 
-/// `round(4/7 * baseline_heads)`: CASTLE's head count at parameter parity (spec section 5).
+/// `round(4/7 * baseline_heads)`: CASTLE's head count at parameter parity (docs/castle.md, section 5).
 pub fn parity_heads(baseline_heads: usize) -> usize {
     ((4 * baseline_heads) as f64 / 7.0).round().max(1.0) as usize
 }

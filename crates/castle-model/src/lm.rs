@@ -1,4 +1,4 @@
-//! The LLaMA-style decoder LM (spec section 6): token embedding, blocks of
+//! The LLaMA-style decoder LM (docs/castle.md, section 6): token embedding, blocks of
 //! pre-RMSNorm -> attention -> residual and pre-RMSNorm -> SwiGLU -> residual, final RMSNorm,
 //! LM head (tied to the embedding by default). Only the attention differs between kinds.
 

@@ -235,7 +235,7 @@ fn saved_state_is_lse_and_final_keys_and_backward_keeps_it() {
     assert_eq!(saved[1].shape().dims::<4>(), [2, 3, 21, 8], "u_final");
     let values = |[lse, u]: [Cube; 2]| (from_cube::<3>(lse), from_cube::<4>(u));
     let before = values(saved.clone());
-    // The last position's lookahead key is empty (spec section 1: u_t^t = 0).
+    // The last position's lookahead key is empty (docs/castle.md, section 1: u_t^t = 0).
     for bh in 0..6 {
         let last = (bh * 21 + 20) * 8;
         assert!(before.1[last..last + 8].iter().all(|&v| v == 0.0));

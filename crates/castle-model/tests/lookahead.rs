@@ -1,5 +1,5 @@
 //! Every CASTLE attention path (naive, chunked, fused kernel, UQ-KV cache) against the slow reference of
-//! spec section 1 in float64, on random inputs at awkward sizes, plus causality.
+//! docs/castle.md, section 1 in float64, on random inputs at awkward sizes, plus causality.
 //!
 //! Float64 and float32 `NdArray` tests live in separate test binaries: burn fixes a device's
 //! default float type at its first tensor, per process, and both share `NdArrayDevice`.

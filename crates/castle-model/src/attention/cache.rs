@@ -15,7 +15,8 @@ pub struct CacheRows<B: Backend> {
 
 impl<B: Backend> CacheRows<B> {
     /// A cache holding a copy of `rows`, exactly as large (so it never keeps a larger projection
-    /// output alive, and holds the spec's bytes per token until the first append grows it).
+    /// output alive, and holds the bytes per token of docs/castle.md, section 4, until the first
+    /// append grows it).
     pub fn new(rows: Tensor<B, 4>) -> Self {
         let [b, h, len, d] = rows.dims();
         let buf = Tensor::zeros([b, h, len, d], &rows.device());

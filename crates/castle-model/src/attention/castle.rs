@@ -1,4 +1,4 @@
-//! The CASTLE attention layer: six projections per head (spec section 1), output projection.
+//! The CASTLE attention layer: six projections per head (docs/castle.md, section 1), output projection.
 
 use burn::nn::Linear;
 use burn::prelude::*;

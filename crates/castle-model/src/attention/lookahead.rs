@@ -1,4 +1,4 @@
-//! The lookahead half of CASTLE (spec sections 1-4) on per-head tensors `[batch, heads, len, d]`.
+//! The lookahead half of CASTLE (docs/castle.md, sections 1-4) on per-head tensors `[batch, heads, len, d]`.
 //!
 //! `S_U[t, i] = s * qC_t . u_i^t` is computed three exact ways:
 //! - [`lookahead_scores_naive`]: Theorem 1, `S_U = A B^T`, O(L^3); the reference.
@@ -107,7 +107,7 @@ pub fn lookahead_scores_naive<B: Backend>(
     a.matmul(transpose(b))
 }
 
-/// The exact O(L^2 d) chunked form (spec section 3) in burn tensor ops, one column block `J` of
+/// The exact O(L^2 d) chunked form (docs/castle.md, section 3) in burn tensor ops, one column block `J` of
 /// key owners at a time: the GPU backends' training path, and a reference for the fused CPU
 /// kernel (`crate::kernels::lookahead`), which runs the same algebra block by block.
 ///
@@ -203,7 +203,7 @@ pub fn attend<B: Backend>(h: &CastleHeads<B>, lookahead_scores: Tensor<B, 4>) ->
     to_dtype(out, dtype)
 }
 
-/// The UQ-KV cache of one layer (spec section 4): lookahead keys `U` (rewritten every step),
+/// The UQ-KV cache of one layer (docs/castle.md, section 4): lookahead keys `U` (rewritten every step),
 /// lookahead queries `Qu`, causal keys `Kc` and values `Vc`, each `[batch, heads, t, d]`.
 /// `Qu`, `Kc`, `Vc` only grow, in place ([`CacheRows`]). Every row of `U` inside the window
 /// changes at each step, so `U` is rebuilt instead: one O(t d) copy, the order of the rewrite

@@ -1,5 +1,5 @@
 //! The lookahead scores `S_U[t,i] = s qC_t . u_i^t` of one head, forward and backward, by the
-//! exact chunked form (spec section 3) on `bs x bs` blocks, with no `L x L x d` buffer.
+//! exact chunked form (docs/castle.md, section 3) on `bs x bs` blocks, with no `L x L x d` buffer.
 //!
 //! Forward, one task per owner block `J`, walking the query blocks `I = J, J+1, ...` with a
 //! running `C = C[J,I]^T` (`bs x d`, the partial lookahead keys of `J`'s owners):

@@ -1,4 +1,4 @@
-//! Shared test helpers: random tensors, and the independent slow reference of spec section 1.
+//! Shared test helpers: random tensors, and the independent slow reference of docs/castle.md, section 1.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use burn::prelude::*;

@@ -1,6 +1,6 @@
 //! CASTLE attention (eq. 3-8; CASTLE-SWL's eq. 9) as two CubeCL kernels, forward and backward,
 //! with `O(L d)` saved state: FlashAttention's design carried to CASTLE (the paper's
-//! Algorithms 1 and 3 in spirit, spec sections 3-4).
+//! Algorithms 1 and 3 in spirit, docs/castle.md, sections 3-4).
 //!
 //! Positions are cut into tiles of [`TILE`]. The chunked form's prefix sum `C[J, I]` is,
 //! transposed, the lookahead keys "as of the end of the previous query tile":

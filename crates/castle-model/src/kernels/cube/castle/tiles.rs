@@ -129,7 +129,7 @@ pub(super) fn dot_staged<F: Float>(
 }
 
 /// `A[t, j] = s qC_t . vU_j` for query `t` (row `r` of tile `it`, at `row_r` in `qc_nope`, clamped)
-/// and `j = it T + c <= t`, zero elsewhere: the diagonal correction of spec section 3. The
+/// and `j = it T + c <= t`, zero elsewhere: the diagonal correction of docs/castle.md, section 3. The
 /// `vU` rows go through `buf`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
