@@ -141,7 +141,7 @@ fn first_batch_loss(config: &RunConfig, model: &CastleLm<AD>) -> f64 {
     let data = castle_data::prepare(&config.data).unwrap();
     let (seq_len, batch) = (config.train.seq_len, config.train.batch_size);
     let mut sampler = BatchSampler::new(data.train.len(), seq_len, config.run.seed).unwrap();
-    let tokens = sampler.next_batch(&data.train, batch);
+    let tokens = sampler.next_batch(&data.train, batch).unwrap();
     let (inputs, targets) = inputs_and_targets::<AD>(&tokens, batch, &Default::default());
     token_nll(model.forward(inputs), targets)
         .mean()

@@ -7,7 +7,7 @@
 //! freshly initialised model draws its `ParamId`s at random in each process, so two nodes would
 //! pair different parameters of the same shape without any error.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -34,18 +34,26 @@ impl Watch {
         Self(Arc::new(Mutex::new(vec![None; local_ranks])))
     }
 
+    /// The entries; a rank that panicked while holding the lock left them whole (each update
+    /// is one assignment), so a poisoned lock is used as it is.
+    fn ranks(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Runs `call` (a blocking collective call) for local rank `local`, marked as waiting.
     pub fn waiting<T>(&self, local: usize, what: &str, call: impl FnOnce() -> T) -> T {
-        self.0.lock().expect("watch lock")[local] = Some((Instant::now(), what.to_string()));
+        self.ranks()[local] = Some((Instant::now(), what.to_string()));
         let out = call();
-        self.0.lock().expect("watch lock")[local] = None;
+        self.ranks()[local] = None;
         out
     }
 
     /// When every local rank has waited in a collective call for longer than `timeout` (so no
     /// local rank is working and the missing party is remote or dead), that call and the wait.
     pub fn stalled(&self, timeout: Duration) -> Option<(String, Duration)> {
-        let ranks = self.0.lock().expect("watch lock");
+        let ranks = self.ranks();
         let mut shortest: Option<(String, Duration)> = None;
         for entry in ranks.iter() {
             let (since, what) = entry.as_ref()?;

@@ -84,6 +84,7 @@ pub fn train_step<B: TrainBackend>(
         times.backward += backward_started.elapsed();
         loss_sum = Some(loss_sum.map_or(value.clone(), |sum| sum + value));
     }
+    // Set by the loop, which runs at least once (asserted above).
     let mut loss_sum = loss_sum.expect("at least one micro-batch");
     let mut grads = accumulator.grads();
     if let Some(peer) = peer {
