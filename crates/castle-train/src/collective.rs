@@ -16,7 +16,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorPrimitive;
-use burn_collective::{all_reduce, PeerId, ReduceOperation};
+use burn_collective::{all_reduce, CollectiveError, PeerId, ReduceOperation};
 use castle_model::CastleLm;
 
 /// Elements per all-reduce call (64 MiB of `f32`): under WebSocket's frame limit, and few calls.
@@ -102,11 +102,17 @@ impl Peer {
             .waiting(self.local, what, || {
                 all_reduce::<B>(self.id(), primitive, op)
             })
-            .map_err(|e| {
-                anyhow!(
+            .map_err(|e| match e {
+                // The exchange between nodes failed: most often another node died.
+                CollectiveError::Global(global) => anyhow!(
+                    "rank {}: {what} failed in burn-collective between nodes, as when another \
+                     node dies or loses its connection: {global:?}",
+                    self.rank
+                ),
+                e => anyhow!(
                     "rank {}: {what} failed in burn-collective: {e:?}",
                     self.rank
-                )
+                ),
             })?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
     }
