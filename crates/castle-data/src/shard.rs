@@ -21,7 +21,7 @@ use std::fmt::Display;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
 use crate::dataset::{window_end, TokenSource};
@@ -104,24 +104,48 @@ fn map(path: &Path) -> Result<Mmap> {
         .with_context(|| format!("cannot memory-map shard {}", path.display()))
 }
 
-/// The error for a damaged shard at `path`, with the way to a good copy: castle's own shards
-/// are derived data that `castle-data prepare` writes again once the file is gone; an llm.c
-/// shard is the user's source data, read in place, which castle never rewrites.
-pub(crate) fn damaged(path: &Path, kind: ShardKind, why: impl Display) -> anyhow::Error {
-    match kind {
-        ShardKind::Castle => anyhow!(
-            "corrupt token shard {}: {why}; delete it and run `castle-data prepare --config <your \
-             config>` again to rewrite it",
-            path.display()
-        ),
-        ShardKind::Llmc => anyhow!(
-            "damaged llm.c token shard {} (source data, read in place): {why}; castle never \
-             rewrites source files: replace it with a good copy (download it again, or run \
-             llm.c's data script again, e.g. `python dev/data/fineweb.py`) and run \
-             `castle-data prepare --config <your config>` again",
-            path.display()
-        ),
+/// A shard whose bytes are not what they should be (the error of every read or open that finds
+/// one; reach it through `anyhow::Error::downcast_ref`). Its message says how to get a good
+/// copy: castle's own shards are derived data that `castle-data prepare` writes again once the
+/// file is gone; an llm.c shard is the user's source data, read in place, which castle never
+/// rewrites.
+#[derive(Debug)]
+pub struct DamagedShard {
+    pub path: PathBuf,
+    pub kind: ShardKind,
+    /// What is wrong, e.g. which tokens fail their checksum.
+    pub why: String,
+}
+
+impl Display for DamagedShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (path, why) = (self.path.display(), &self.why);
+        match self.kind {
+            ShardKind::Castle => write!(
+                f,
+                "corrupt token shard {path}: {why}; delete it and run `castle-data prepare \
+                 --config <your config>` again to rewrite it"
+            ),
+            ShardKind::Llmc => write!(
+                f,
+                "damaged llm.c token shard {path} (source data, read in place): {why}; castle \
+                 never rewrites source files: replace it with a good copy (download it again, or \
+                 run llm.c's data script again, e.g. `python dev/data/fineweb.py`) and run \
+                 `castle-data prepare --config <your config>` again"
+            ),
+        }
     }
+}
+
+impl std::error::Error for DamagedShard {}
+
+/// A [`DamagedShard`] error.
+pub(crate) fn damaged(path: &Path, kind: ShardKind, why: impl Display) -> anyhow::Error {
+    anyhow::Error::new(DamagedShard {
+        path: path.to_path_buf(),
+        kind,
+        why: why.to_string(),
+    })
 }
 
 /// [`damaged`] for castle's own shards.

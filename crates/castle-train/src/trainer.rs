@@ -25,6 +25,7 @@ use crate::collective::Peer;
 use crate::config::RunConfig;
 use crate::metrics::{metrics_path, summary_path, MetricsLog, StepMetrics, Summary};
 use crate::optim::AdamWGroups;
+use crate::repair;
 use crate::schedule::learning_rate;
 use crate::step::{train_step, TimeTotals};
 use crate::validation::mean_loss;
@@ -82,12 +83,27 @@ pub fn train<B: TrainBackend>(
     let run_dir = &config.run.dir;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create run.dir {}", run_dir.display()))?;
-    let data = prepare_data(config)?;
-    let start = start::<B>(config, &data, require_resume, device)?;
-    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-    let summary = run_rank(config, &data, start, device, None)?;
-    // Without a peer this is rank 0, which always summarizes.
-    Ok(summary.expect("rank 0 summarizes"))
+    let mut data = prepare_data(config)?;
+    let mut rewritten = vec![];
+    loop {
+        let run = start::<B>(config, &data, require_resume, device).and_then(|start| {
+            write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+            run_rank(config, &data, start, device, None)
+        });
+        match run {
+            // Without a peer this is rank 0, which always summarizes.
+            Ok(summary) => return Ok(summary.expect("rank 0 summarizes")),
+            // A damaged shard of our own, with its corpus at hand: rewritten, then resumed.
+            Err(e) => match repair::repairable(&e, config, &rewritten) {
+                Some(shard) => {
+                    // `data` maps the damaged file; `rewrite` replaces it.
+                    data = repair::rewrite(&e, &shard, config, data)?;
+                    rewritten.push(shard);
+                }
+                None => return Err(e),
+            },
+        }
+    }
 }
 
 /// Where a run starts: a fresh model, or the newest checkpoint that loads.

@@ -196,17 +196,20 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
-fn a_shard_damaged_mid_run_stops_it_by_name_and_keeps_the_last_checkpoint() {
+fn a_shard_damaged_mid_run_stops_it_by_name_or_is_rewritten_from_the_corpus() {
     let tmp = tempfile::tempdir().unwrap();
-    write_corpus(tmp.path(), 30);
+    let corpus = write_corpus(tmp.path(), 30);
     let args = tiny_args(tmp.path(), "run");
     assert_success(&castle_train(&with(args.clone(), &["train.steps=6"])));
 
-    // One flipped payload byte, as a bad disk or a partial copy leaves it.
+    // One flipped payload byte, as a bad disk or a partial copy leaves it; without the corpus
+    // castle-train cannot rewrite the shard, so the run stops.
     let shard = tmp.path().join("prepared/train-000000.bin");
-    let mut bytes = std::fs::read(&shard).unwrap();
+    let good = std::fs::read(&shard).unwrap();
+    let mut bytes = good.clone();
     bytes[castle_data::shard::HEADER_LEN + 100] ^= 0x10;
     std::fs::write(&shard, &bytes).unwrap();
+    std::fs::rename(&corpus, tmp.path().join("corpus-away")).unwrap();
     let out = castle_train(&args);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -228,10 +231,28 @@ fn a_shard_damaged_mid_run_stops_it_by_name_and_keeps_the_last_checkpoint() {
     ckpt.load_model::<burn::backend::Flex>(vocab, &Default::default())
         .unwrap();
 
-    // The repair the message gives: without the shard, preparing rewrites it and the run resumes.
-    std::fs::remove_file(&shard).unwrap();
-    assert_success(&castle_train(&args));
+    // With the corpus back, castle-train rewrites the shard, byte for byte, says so and resumes.
+    std::fs::rename(tmp.path().join("corpus-away"), &corpus).unwrap();
+    let out = castle_train(&args);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("castle-train rewrites") && stderr.contains("train-000000.bin"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(&shard).unwrap() == good,
+        "the shard as written"
+    );
     assert_eq!(metrics(&run).last().unwrap().step, 12);
+
+    // A corpus that changed since cannot give the same tokens back: an error, not another run.
+    std::fs::write(&shard, &bytes).unwrap();
+    std::fs::write(corpus.join("doc-000.txt"), "a document written since").unwrap();
+    let out = castle_train(&with(args, &["train.steps=14"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the corpus changed"), "{stderr}");
 }
 
 #[test]
