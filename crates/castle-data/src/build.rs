@@ -32,6 +32,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 
 /// Builds or finishes the output for `cfg`; returns the tokenizer time of a fresh build.
 pub fn build(cfg: &DataConfig) -> Result<Timing> {
+    cfg.validate()?;
     let dir = cfg.out_dir();
     check_source(cfg)?;
     check_replaceable(&dir)?;
@@ -43,7 +44,9 @@ pub fn build(cfg: &DataConfig) -> Result<Timing> {
             let tok = match &cfg.tokenizer {
                 Some(path) => Tok::load(path)
                     .with_context(|| format!("data.tokenizer = {}", path.display()))?,
-                None if cfg.format == InputFormat::Llmc => unreachable!("validate() requires it"),
+                None if cfg.format == InputFormat::Llmc => {
+                    unreachable!("validate() above requires data.tokenizer for llm.c shards")
+                }
                 None => train_tokenizer(cfg)?,
             };
             timing.tokenizer_s = t.elapsed().as_secs_f64();
@@ -248,6 +251,7 @@ impl<'a> SplitWriter<'a> {
             };
             self.open = Some((writer, entry));
         }
+        // Impossible to be `None`: set just above when it was.
         let (writer, entry) = self.open.as_mut().expect("opened above");
         writer.push(ids)?;
         entry.documents += 1;
@@ -324,10 +328,15 @@ fn tokenize_corpus(cfg: &DataConfig, dir: &Path, tok: &Tok, manifest: &mut Manif
             }
             Ok(())
         })();
-        (
-            written,
-            reader.join().expect("the reader thread does not panic"),
-        )
+        // A reader that panicked (a parser's bug on a damaged file) still ends with an error.
+        let read = reader.join().unwrap_or_else(|_| {
+            Err(anyhow!(
+                "reading data.source {} failed (the message above names the cause): a file there \
+                 may be damaged",
+                cfg.source.display()
+            ))
+        });
+        (written, read)
     });
     bar.finish_and_clear();
     written?;
@@ -341,6 +350,7 @@ fn progress_bar() -> ProgressBar {
         ProgressStyle::with_template(
             "{spinner} tokenized {binary_bytes} at {binary_bytes_per_sec}, {elapsed}",
         )
+        // A constant template, which parses.
         .expect("valid template"),
     );
     bar

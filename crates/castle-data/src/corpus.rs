@@ -64,6 +64,7 @@ pub fn for_each_document(
                 "{}: data.format = \"llmc\" holds token ids, not documents",
                 file.display()
             ),
+            // `format` was resolved from the file name just above.
             InputFormat::Auto => unreachable!("resolved above"),
         }
     }

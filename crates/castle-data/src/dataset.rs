@@ -1,6 +1,7 @@
 //! A split as one token stream over all its shards, opened cheaply (headers only) and
 //! checked lazily: each [`BLOCK_TOKENS`]-token block is verified against the manifest's
-//! checksum the first time a window reads from it, so damaged data is never handed out.
+//! checksum the first time a window reads from it, so damaged data is never handed out: the
+//! read returns an error naming the shard and the tokens instead.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-use crate::shard::Shard;
+use crate::manifest::MANIFEST_FILE;
+use crate::shard::{damaged, Shard};
 use crate::writer::{BlockCrcs, BLOCK_TOKENS};
 
 /// Token ids addressed `0..len()`, read in windows.
@@ -21,14 +23,24 @@ pub trait TokenSource {
         self.len() == 0
     }
 
-    /// Appends tokens `start..start + n` to `out`. Panics when out of range or damaged.
-    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>);
+    /// Appends tokens `start..start + n` to `out`. Errors when the range is not within
+    /// `0..len()`, or when the data there is damaged (naming the file and the tokens; no token
+    /// of a damaged block is appended).
+    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()>;
 
     /// Tokens `start..start + n` as a new vector.
-    fn window(&self, start: usize, n: usize) -> Vec<u32> {
+    fn window(&self, start: usize, n: usize) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(n);
-        self.extend_window(start, n, &mut out);
-        out
+        self.extend_window(start, n, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// `start + n`, or an error unless `start..start + n` lies within `0..len`.
+pub(crate) fn window_end(start: usize, n: usize, len: usize) -> Result<usize> {
+    match start.checked_add(n).filter(|&end| end <= len) {
+        Some(end) => Ok(end),
+        None => bail!("window {start}..{start}+{n} is out of range for {len} tokens"),
     }
 }
 
@@ -38,18 +50,10 @@ impl TokenSource for [u32] {
         <[u32]>::len(self)
     }
 
-    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) {
-        out.extend_from_slice(&self[start..start + n]);
-    }
-}
-
-impl TokenSource for Shard {
-    fn len(&self) -> usize {
-        Shard::len(self)
-    }
-
-    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) {
-        Shard::extend_window(self, start, n, out)
+    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
+        let end = window_end(start, n, self.len())?;
+        out.extend_from_slice(&self[start..end]);
+        Ok(())
     }
 }
 
@@ -124,11 +128,11 @@ impl ShardSet {
         let last = (first + BLOCK_TOKENS).min(s.len());
         let bytes = &s.payload()[first * width..last * width];
         if BlockCrcs::of(bytes, width) != [self.crcs[shard][block]] {
-            bail!(
-                "corrupt token shard {}: tokens {first}..{last} do not match their checksum in the \
-                 manifest; delete the shard and run `castle-data prepare` again to rewrite it",
-                s.path().display()
-            );
+            return Err(damaged(
+                s.path(),
+                s.kind(),
+                format!("tokens {first}..{last} do not match their checksum in {MANIFEST_FILE}"),
+            ));
         }
         self.verified[shard][block].store(true, Ordering::Release);
         Ok(())
@@ -143,16 +147,15 @@ impl ShardSet {
             .par_iter()
             .try_for_each(|&(s, b)| self.check_block(s, b))
     }
+}
 
-    /// [`TokenSource::extend_window`] with damage reported as an error.
-    pub fn try_extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
-        let end = start.checked_add(n).filter(|&e| e <= self.len());
-        let Some(end) = end else {
-            bail!(
-                "window {start}..{start}+{n} out of range for a split of {} tokens",
-                self.len()
-            );
-        };
+impl TokenSource for ShardSet {
+    fn len(&self) -> usize {
+        ShardSet::len(self)
+    }
+
+    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
+        let end = window_end(start, n, self.len())?;
         let mut at = start;
         while at < end {
             let shard = self.ends.partition_point(|&e| e <= at);
@@ -161,21 +164,9 @@ impl ShardSet {
             for block in from / BLOCK_TOKENS..=(to - 1) / BLOCK_TOKENS {
                 self.check_block(shard, block)?;
             }
-            self.shards[shard].extend_window(from, to - from, out);
+            self.shards[shard].extend_window(from, to - from, out)?;
             at = base + to;
         }
         Ok(())
-    }
-}
-
-impl TokenSource for ShardSet {
-    fn len(&self) -> usize {
-        ShardSet::len(self)
-    }
-
-    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) {
-        if let Err(e) = self.try_extend_window(start, n, out) {
-            panic!("{e:#}");
-        }
     }
 }

@@ -91,6 +91,7 @@ impl TokenizerSample {
         self.bytes += text.len();
         self.heap.push((priority, index, text));
         while self.bytes > self.budget {
+            // `bytes` counts the texts in the heap, so over a budget it is not empty.
             let (dropped, _, text) = self.heap.pop().expect("over budget means non-empty");
             self.bytes -= text.len();
             self.cutoff = dropped;

@@ -27,6 +27,6 @@ pub use holdout::split_documents;
 pub use manifest::{Manifest, ShardEntry, ShardKind, SplitStats};
 pub use prepare::{open_prepared, prepare, Prepared, Timing};
 pub use sampler::{validation_windows, BatchSampler, SamplerState};
-pub use shard::{Shard, TokenDtype};
+pub use shard::{DamagedShard, Shard, TokenDtype};
 pub use tokenizer::{Tok, EOT, MIN_VOCAB_SIZE};
 pub use writer::{write_shard, ShardWriter};

@@ -13,6 +13,7 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let keys: Vec<&str> = path.trim().split('.').collect();
+    // `split` yields at least one piece, even of an empty string.
     let (last, parents) = keys.split_last().expect("split yields at least one key");
     let mut node = table;
     for key in parents {

@@ -15,7 +15,7 @@ use crate::build::build;
 use crate::config::DataConfig;
 use crate::dataset::ShardSet;
 use crate::manifest::{Manifest, ShardKind, SplitStats, MANIFEST_FILE, TOKENIZER_FILE};
-use crate::shard::Shard;
+use crate::shard::{damaged, Shard};
 use crate::tokenizer::Tok;
 
 /// Wall-clock seconds of a build (or of the part a resumed build still had to do).
@@ -137,12 +137,15 @@ pub(crate) fn open_entry(dir: &std::path::Path, entry: &crate::ShardEntry) -> Re
         ShardKind::Llmc => Shard::open_llmc(&path)?,
     };
     if shard.len() as u64 != entry.tokens {
-        bail!(
-            "{} has {} tokens, {MANIFEST_FILE} says {}; delete it and run `castle-data prepare` again",
-            path.display(),
-            shard.len(),
-            entry.tokens
-        );
+        return Err(damaged(
+            &path,
+            entry.kind,
+            format!(
+                "{} tokens, {MANIFEST_FILE} says {}",
+                shard.len(),
+                entry.tokens
+            ),
+        ));
     }
     Ok(shard)
 }

@@ -82,13 +82,14 @@ impl BatchSampler {
     }
 
     /// The next batch: `batch_size` windows of `seq_len + 1` tokens, row-major.
-    /// Panics if `shard` is not the `num_tokens`-long data this sampler was made for, or if a
-    /// window falls on damaged data (the error names the shard).
+    /// Errors if `shard` is not the `num_tokens`-long data this sampler was made for, or if a
+    /// window falls on damaged data (the error names the shard and the tokens); the sampler then
+    /// stays where it was.
     pub fn next_batch(
         &mut self,
         shard: &(impl TokenSource + ?Sized),
         batch_size: usize,
-    ) -> Vec<u32> {
+    ) -> Result<Vec<u32>> {
         self.next_batch_part(shard, batch_size, 0, 1)
     }
 
@@ -96,32 +97,34 @@ impl BatchSampler {
     /// `rank * batch_size / world .. (rank + 1) * batch_size / world`. The parts of all ranks,
     /// concatenated in rank order, are exactly [`Self::next_batch`]'s batch, so the data order
     /// does not depend on the number of ranks. Every rank must call this once per global batch.
-    /// Panics if `batch_size` is not a multiple of `world` or `rank >= world`.
+    /// Errors as [`Self::next_batch`] does, and if `batch_size` is not a multiple of `world` or
+    /// `rank >= world`.
     pub fn next_batch_part(
         &mut self,
         shard: &(impl TokenSource + ?Sized),
         batch_size: usize,
         rank: usize,
         world: usize,
-    ) -> Vec<u32> {
-        assert_eq!(
-            shard.len(),
-            self.num_tokens,
-            "sampler built for a shard of another length"
-        );
-        assert!(
-            rank < world && batch_size.is_multiple_of(world),
-            "rank {rank} of {world} cannot take an equal part of a batch of {batch_size}"
-        );
+    ) -> Result<Vec<u32>> {
+        if shard.len() != self.num_tokens {
+            bail!(
+                "the sampler was made for {} tokens, the data has {}",
+                self.num_tokens,
+                shard.len()
+            );
+        }
+        if rank >= world || !batch_size.is_multiple_of(world) {
+            bail!("rank {rank} of {world} cannot take an equal part of a batch of {batch_size}");
+        }
         let rows = batch_size / world;
         let first = (rank * rows) as u64;
         let batch = self.state.batches_drawn;
         let mut out = Vec::with_capacity(rows * (self.seq_len + 1));
         for row in first..first + rows as u64 {
-            shard.extend_window(self.start(batch, row), self.seq_len + 1, &mut out);
+            shard.extend_window(self.start(batch, row), self.seq_len + 1, &mut out)?;
         }
         self.state.batches_drawn += 1;
-        out
+        Ok(out)
     }
 }
 
@@ -129,14 +132,14 @@ impl BatchSampler {
 /// starting at 0, `seq_len`, `2·seq_len`, … (consecutive windows share one
 /// boundary token so every token is predicted once), as many as fit in the
 /// shard while the predicted tokens (`seq_len` per window) stay within
-/// `max_tokens`. Identical on every call.
+/// `max_tokens`. Identical on every call. Errors name damaged data.
 pub fn validation_windows(
     shard: &(impl TokenSource + ?Sized),
     seq_len: usize,
     max_tokens: usize,
-) -> Vec<Vec<u32>> {
+) -> Result<Vec<Vec<u32>>> {
     if seq_len == 0 || shard.len() < seq_len + 1 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let available = (shard.len() - 1) / seq_len;
     let count = available.min(max_tokens / seq_len);

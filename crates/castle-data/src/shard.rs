@@ -17,12 +17,15 @@
 //! place, so a file with the final name is always complete ([`crate::writer`]).
 //! llm.c / modded-nanogpt shards are read too ([`Shard::open_llmc`]).
 
+use std::fmt::Display;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
+use crate::dataset::{window_end, TokenSource};
+use crate::manifest::ShardKind;
 use crate::tokenizer::hex;
 
 /// First 8 bytes of every shard.
@@ -63,6 +66,7 @@ impl TokenDtype {
 pub struct Shard {
     path: PathBuf,
     mmap: Mmap,
+    kind: ShardKind,
     /// Header bytes before the first token.
     offset: usize,
     dtype: TokenDtype,
@@ -81,6 +85,13 @@ pub(crate) fn header(dtype: TokenDtype, count: u64, tokenizer_hash: &[u8; 32]) -
     h
 }
 
+/// The `N` bytes of `bytes` from `at` (callers have checked the length).
+fn array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
 /// Magic number of llm.c / modded-nanogpt token shards (first int32 of the header).
 pub const LLMC_MAGIC: i32 = 20240520;
 /// Header size of llm.c shards: 256 little-endian int32.
@@ -93,25 +104,73 @@ fn map(path: &Path) -> Result<Mmap> {
         .with_context(|| format!("cannot memory-map shard {}", path.display()))
 }
 
-fn corrupt(path: &Path, why: String) -> anyhow::Error {
-    anyhow::anyhow!(
-        "corrupt token shard {}: {why}; delete it and run `castle-data prepare` again",
-        path.display()
-    )
+/// A shard whose bytes are not what they should be (the error of every read or open that finds
+/// one; reach it through `anyhow::Error::downcast_ref`). Its message says how to get a good
+/// copy: castle's own shards are derived data that `castle-data prepare` writes again once the
+/// file is gone; an llm.c shard is the user's source data, read in place, which castle never
+/// rewrites.
+#[derive(Debug)]
+pub struct DamagedShard {
+    pub path: PathBuf,
+    pub kind: ShardKind,
+    /// What is wrong, e.g. which tokens fail their checksum.
+    pub why: String,
 }
 
-/// Errors unless a file of `len` bytes holds exactly `count` tokens of `width` after `header`.
-fn check_length(path: &Path, len: usize, header: usize, count: u64, width: usize) -> Result<()> {
+impl Display for DamagedShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (path, why) = (self.path.display(), &self.why);
+        match self.kind {
+            ShardKind::Castle => write!(
+                f,
+                "corrupt token shard {path}: {why}; delete it and run `castle-data prepare \
+                 --config <your config>` again to rewrite it"
+            ),
+            ShardKind::Llmc => write!(
+                f,
+                "damaged llm.c token shard {path} (source data, read in place): {why}; castle \
+                 never rewrites source files: replace it with a good copy (download it again, or \
+                 run llm.c's data script again, e.g. `python dev/data/fineweb.py`) and run \
+                 `castle-data prepare --config <your config>` again"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DamagedShard {}
+
+/// A [`DamagedShard`] error.
+pub(crate) fn damaged(path: &Path, kind: ShardKind, why: impl Display) -> anyhow::Error {
+    anyhow::Error::new(DamagedShard {
+        path: path.to_path_buf(),
+        kind,
+        why: why.to_string(),
+    })
+}
+
+/// [`damaged`] for castle's own shards.
+fn corrupt(path: &Path, why: String) -> anyhow::Error {
+    damaged(path, ShardKind::Castle, why)
+}
+
+/// Errors unless a file of `len` bytes holds exactly `count` tokens of `width` after the header
+/// of a `kind` shard.
+fn check_length(path: &Path, kind: ShardKind, len: usize, count: u64, width: usize) -> Result<()> {
+    let header = match kind {
+        ShardKind::Castle => HEADER_LEN,
+        ShardKind::Llmc => LLMC_HEADER_LEN,
+    };
     let expected = (count as u128) * width as u128 + header as u128;
     if expected != len as u128 {
-        let kind = if (len as u128) < expected {
+        let what = if (len as u128) < expected {
             "truncated"
         } else {
             "too long"
         };
-        return Err(corrupt(
+        return Err(damaged(
             path,
-            format!("{kind}: header says {count} tokens ({expected} bytes), file has {len} bytes"),
+            kind,
+            format!("{what}: header says {count} tokens ({expected} bytes), file has {len} bytes"),
         ));
     }
     Ok(())
@@ -142,7 +201,7 @@ impl Shard {
         if &mmap[0..8] != MAGIC {
             return Err(corrupt(path, "bad magic, not a castle token shard".into()));
         }
-        let u32_at = |o: usize| u32::from_le_bytes(mmap[o..o + 4].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(array(&mmap, o));
         let version = u32_at(8);
         if version != VERSION {
             return Err(corrupt(
@@ -155,15 +214,16 @@ impl Shard {
             4 => TokenDtype::U32,
             w => return Err(corrupt(path, format!("invalid token width {w}"))),
         };
-        let count = u64::from_le_bytes(mmap[16..24].try_into().unwrap());
-        check_length(path, mmap.len(), HEADER_LEN, count, dtype.width())?;
+        let count = u64::from_le_bytes(array(&mmap, 16));
+        check_length(path, ShardKind::Castle, mmap.len(), count, dtype.width())?;
         if u32_at(60) != 0 {
             return Err(corrupt(path, "reserved header bytes are not zero".into()));
         }
-        let tokenizer_hash = mmap[24..56].try_into().unwrap();
+        let tokenizer_hash = array(&mmap, 24);
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
+            kind: ShardKind::Castle,
             offset: HEADER_LEN,
             dtype,
             len: count as usize,
@@ -178,36 +238,45 @@ impl Shard {
         let path = path.as_ref();
         let mmap = map(path)?;
         if mmap.len() < LLMC_HEADER_LEN {
-            return Err(corrupt(
+            return Err(damaged(
                 path,
+                ShardKind::Llmc,
                 format!(
                     "{} bytes, shorter than the {LLMC_HEADER_LEN}-byte llm.c header",
                     mmap.len()
                 ),
             ));
         }
-        let i32_at = |i: usize| i32::from_le_bytes(mmap[4 * i..4 * i + 4].try_into().unwrap());
+        let i32_at = |i: usize| i32::from_le_bytes(array(&mmap, 4 * i));
         if i32_at(0) != LLMC_MAGIC {
-            return Err(corrupt(
+            return Err(damaged(
                 path,
+                ShardKind::Llmc,
                 format!("magic {} is not llm.c's {LLMC_MAGIC}", i32_at(0)),
             ));
         }
         if i32_at(1) != 1 {
-            return Err(corrupt(
+            return Err(damaged(
                 path,
+                ShardKind::Llmc,
                 format!(
                     "llm.c shard version {}, only version 1 (u16 ids) is read",
                     i32_at(1)
                 ),
             ));
         }
-        let count = u64::try_from(i32_at(2))
-            .map_err(|_| corrupt(path, format!("negative token count {}", i32_at(2))))?;
-        check_length(path, mmap.len(), LLMC_HEADER_LEN, count, 2)?;
+        let count = u64::try_from(i32_at(2)).map_err(|_| {
+            damaged(
+                path,
+                ShardKind::Llmc,
+                format!("negative token count {}", i32_at(2)),
+            )
+        })?;
+        check_length(path, ShardKind::Llmc, mmap.len(), count, 2)?;
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
+            kind: ShardKind::Llmc,
             offset: LLMC_HEADER_LEN,
             dtype: TokenDtype::U16,
             len: count as usize,
@@ -220,7 +289,7 @@ impl Shard {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&self.mmap[..56]);
         crc.update(self.payload());
-        let stored = u32::from_le_bytes(self.mmap[56..60].try_into().unwrap());
+        let stored = u32::from_le_bytes(array(&self.mmap, 56));
         if crc.finalize() != stored {
             return Err(corrupt(&self.path, "checksum mismatch".into()));
         }
@@ -242,50 +311,6 @@ impl Shard {
         self.len == 0
     }
 
-    /// Token `i`. Panics when `i >= len()`.
-    pub fn get(&self, i: usize) -> u32 {
-        assert!(
-            i < self.len,
-            "token index {i} out of range for shard of {} tokens",
-            self.len
-        );
-        let o = self.offset + i * self.dtype.width();
-        match self.dtype {
-            TokenDtype::U16 => u16::from_le_bytes([self.mmap[o], self.mmap[o + 1]]) as u32,
-            TokenDtype::U32 => u32::from_le_bytes(self.mmap[o..o + 4].try_into().unwrap()),
-        }
-    }
-
-    /// Appends tokens `start..start + n` to `out`. Panics when out of range.
-    pub fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) {
-        assert!(
-            start.checked_add(n).is_some_and(|end| end <= self.len),
-            "window {start}..{start}+{n} out of range for shard of {} tokens",
-            self.len
-        );
-        let w = self.dtype.width();
-        let bytes = &self.payload()[start * w..(start + n) * w];
-        match self.dtype {
-            TokenDtype::U16 => out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32),
-            ),
-            TokenDtype::U32 => out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes(b.try_into().unwrap())),
-            ),
-        }
-    }
-
-    /// Tokens `start..start + n` as a new vector.
-    pub fn window(&self, start: usize, n: usize) -> Vec<u32> {
-        let mut out = Vec::with_capacity(n);
-        self.extend_window(start, n, &mut out);
-        out
-    }
-
     /// Storage type of the ids.
     pub fn dtype(&self) -> TokenDtype {
         self.dtype
@@ -301,6 +326,11 @@ impl Shard {
         &self.path
     }
 
+    /// castle's own shard or an llm.c one.
+    pub fn kind(&self) -> ShardKind {
+        self.kind
+    }
+
     /// Errors (naming the file) unless the shard was made by a tokenizer with `hash`.
     pub fn check_tokenizer(&self, hash: &[u8; 32]) -> Result<()> {
         if &self.tokenizer_hash != hash {
@@ -311,6 +341,32 @@ impl Shard {
                 hex(&self.tokenizer_hash),
                 hex(hash)
             );
+        }
+        Ok(())
+    }
+}
+
+impl TokenSource for Shard {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn extend_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
+        let end = window_end(start, n, self.len)
+            .with_context(|| format!("token shard {}", self.path.display()))?;
+        let w = self.dtype.width();
+        let bytes = &self.payload()[start * w..end * w];
+        match self.dtype {
+            TokenDtype::U16 => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes(array(b, 0)) as u32),
+            ),
+            TokenDtype::U32 => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes(array(b, 0))),
+            ),
         }
         Ok(())
     }

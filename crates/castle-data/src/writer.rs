@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::atomic::temp_path;
 use crate::shard::{header, TokenDtype, HEADER_LEN};
@@ -110,14 +110,21 @@ impl ShardWriter {
         self.count == 0
     }
 
-    /// Appends `tokens`. Panics if an id does not fit the shard's width.
+    /// Appends `tokens`. Errors if an id does not fit the shard's width.
     pub fn push(&mut self, tokens: &[u32]) -> Result<()> {
         self.buf.clear();
         match self.dtype {
-            TokenDtype::U16 => tokens.iter().for_each(|&t| {
-                let t = u16::try_from(t).expect("token id wider than the shard's u16 ids");
-                self.buf.extend(t.to_le_bytes())
-            }),
+            TokenDtype::U16 => {
+                for &t in tokens {
+                    let t = u16::try_from(t).map_err(|_| {
+                        anyhow!(
+                            "{}: token id {t} does not fit the shard's u16 ids",
+                            self.path.display()
+                        )
+                    })?;
+                    self.buf.extend(t.to_le_bytes());
+                }
+            }
             TokenDtype::U32 => tokens
                 .iter()
                 .for_each(|&t| self.buf.extend(t.to_le_bytes())),
@@ -125,6 +132,7 @@ impl ShardWriter {
         self.crc.update(&self.buf);
         self.blocks.update(&self.buf);
         self.count += tokens.len() as u64;
+        // `out` is `None` only inside `finish` and `drop`, which consume the writer.
         let out = self.out.as_mut().expect("writer is open until finish");
         out.write_all(&self.buf)
             .with_context(|| format!("cannot write {}", self.tmp.display()))
@@ -138,6 +146,7 @@ impl ShardWriter {
         crc.update(&head[..56]);
         crc.combine(&self.crc);
         head[56..60].copy_from_slice(&crc.finalize().to_le_bytes());
+        // `out` is `None` only after this `take` and in `drop`.
         let mut file = self
             .out
             .take()

@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use castle_data::writer::{BlockCrcs, BLOCK_TOKENS};
@@ -58,7 +57,11 @@ fn windows_across_shards_equal_the_concatenation() {
         for _ in 0..20 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             let start = (x >> 11) as usize % (all.len() - n + 1);
-            assert_eq!(set.window(start, n), &all[start..start + n], "{start}+{n}");
+            assert_eq!(
+                set.window(start, n).unwrap(),
+                &all[start..start + n],
+                "{start}+{n}"
+            );
         }
     }
     // Every shard boundary, exactly.
@@ -66,7 +69,7 @@ fn windows_across_shards_equal_the_concatenation() {
     for &n in &sizes {
         end += n;
         if end >= 2 && end + 2 <= all.len() {
-            assert_eq!(set.window(end - 2, 4), &all[end - 2..end + 2]);
+            assert_eq!(set.window(end - 2, 4).unwrap(), &all[end - 2..end + 2]);
         }
     }
     set.verify().unwrap();
@@ -83,18 +86,38 @@ fn sampler_draws_across_shards_as_from_one_stream() {
     let mut a = BatchSampler::new(set.len(), 31, 5).unwrap();
     let mut b = BatchSampler::new(one.len(), 31, 5).unwrap();
     for _ in 0..50 {
-        assert_eq!(a.next_batch(&set, 8), b.next_batch(&one, 8));
+        assert_eq!(
+            a.next_batch(&set, 8).unwrap(),
+            b.next_batch(&one, 8).unwrap()
+        );
     }
     // Rank parts over the split concatenate to the global batch.
     let mut whole = BatchSampler::new(set.len(), 31, 6).unwrap();
     let mut ranks = [0, 1].map(|_| BatchSampler::new(set.len(), 31, 6).unwrap());
     for _ in 0..10 {
-        let expected = whole.next_batch(&set, 4);
+        let expected = whole.next_batch(&set, 4).unwrap();
         let parts: Vec<u32> = (0..2)
-            .flat_map(|r| ranks[r].next_batch_part(&set, 4, r, 2))
+            .flat_map(|r| ranks[r].next_batch_part(&set, 4, r, 2).unwrap())
             .collect();
         assert_eq!(parts, expected);
     }
+}
+
+#[test]
+fn windows_out_of_range_are_errors() {
+    fn check(source: &(impl TokenSource + ?Sized)) {
+        let len = source.len();
+        assert_eq!(source.window(len - 2, 2).unwrap().len(), 2);
+        for (start, n) in [(len - 1, 2), (len + 1, 0), (usize::MAX, 2)] {
+            let err = format!("{:#}", source.window(start, n).unwrap_err());
+            assert!(err.contains("out of range"), "{start}+{n}: {err}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, all) = shards(dir.path(), &[7, 5]);
+    check(&open_set(&paths));
+    check(&Shard::open(&paths[0]).unwrap());
+    check(all.as_slice());
 }
 
 #[test]
@@ -121,27 +144,34 @@ fn a_damaged_shard_is_named_and_never_read() {
     let set = ShardSet::new(opened).unwrap();
 
     // Undamaged blocks still read; the damaged one is refused with the shard's name.
-    assert_eq!(set.window(4990, 20), &all[4990..5010]);
+    assert_eq!(set.window(4990, 20).unwrap(), &all[4990..5010]);
     let mut out = vec![];
     let err = set
-        .try_extend_window(all.len() - 8, 8, &mut out)
+        .extend_window(all.len() - 8, 8, &mut out)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("s1.bin") && err.contains("checksum"), "{err}");
+    let block = format!("tokens {BLOCK_TOKENS}..{}", BLOCK_TOKENS + 10);
+    assert!(
+        err.contains("s1.bin") && err.contains("checksum") && err.contains(&block),
+        "{err}"
+    );
+    assert!(
+        err.contains("delete it and run `castle-data prepare"),
+        "castle's own shards are rewritten: {err}"
+    );
     assert!(out.is_empty(), "nothing handed out");
     let err = format!("{:#}", set.verify().unwrap_err());
     assert!(err.contains("s1.bin"), "{err}");
 
-    // A sampler drawing from it stops with the shard's name.
+    // A sampler drawing from it stops with an error naming the shard, and stays where it was.
     let mut sampler = BatchSampler::new(set.len(), 16, 1).unwrap();
-    let panic = catch_unwind(AssertUnwindSafe(|| {
-        for _ in 0..100_000 {
-            sampler.next_batch(&set, 64);
-        }
-    }))
-    .unwrap_err();
-    let msg = panic.downcast_ref::<String>().unwrap();
-    assert!(msg.contains("s1.bin"), "{msg}");
+    let err = (0..100_000)
+        .find_map(|_| sampler.next_batch(&set, 64).err())
+        .expect("a batch falls on the damaged block");
+    assert!(err.to_string().contains("s1.bin"), "{err}");
+    let at = sampler.state();
+    assert!(sampler.next_batch(&set, 64).is_err());
+    assert_eq!(sampler.state(), at);
     assert!(Shard::open(&paths[1])
         .unwrap_err()
         .to_string()
@@ -179,7 +209,7 @@ fn llmc_shards_are_read_in_place() {
 
     let shard = Shard::open_llmc(src.join("fineweb_val_000000.bin")).unwrap();
     let widen = |t: &[u16]| t.iter().map(|&x| x as u32).collect::<Vec<_>>();
-    assert_eq!(shard.window(0, 800), widen(&v));
+    assert_eq!(shard.window(0, 800).unwrap(), widen(&v));
 
     let cfg = DataConfig {
         source: src.clone(),
@@ -190,24 +220,47 @@ fn llmc_shards_are_read_in_place() {
     };
     let p = prepare(&cfg).unwrap();
     assert_eq!(
-        p.train.window(0, p.train.len()),
+        p.train.window(0, p.train.len()).unwrap(),
         widen(&[&t1[..], &t2[..]].concat())
     );
-    assert_eq!(p.val.window(0, p.val.len()), widen(&v));
+    assert_eq!(p.val.window(0, p.val.len()).unwrap(), widen(&v));
     p.train.verify().unwrap();
     assert!(open_prepared(&cfg).unwrap().timing.is_none());
 
-    // Damaged headers and ids outside the tokenizer are named.
+    // Damaged headers and ids outside the tokenizer are named; the user's source files are
+    // never to be deleted, but replaced by a good copy.
+    let source_advice = |err: &str| {
+        assert!(err.contains("good copy") && err.contains("llm.c"), "{err}");
+        assert!(!err.contains("delete"), "{err}");
+    };
     let bad = tmp.path().join("bad.bin");
     write_llmc(&bad, &t2, 20240519, 1234);
     let err = Shard::open_llmc(&bad).unwrap_err().to_string();
     assert!(err.contains("bad.bin") && err.contains("20240520"), "{err}");
+    source_advice(&err);
     write_llmc(&bad, &t2, 20240520, 1235);
     let err = Shard::open_llmc(&bad).unwrap_err().to_string();
     assert!(
         err.contains("bad.bin") && err.contains("truncated"),
         "{err}"
     );
+    source_advice(&err);
+
+    // A source shard damaged after the import is named when read, with the same advice.
+    let first = src.join("fineweb_train_000001.bin");
+    let mut bytes = fs::read(&first).unwrap();
+    bytes[1024 + 100] ^= 0x01;
+    fs::write(&first, &bytes).unwrap();
+    let p = open_prepared(&cfg).unwrap();
+    let err = p.train.window(0, 10).unwrap_err().to_string();
+    assert!(
+        err.contains("fineweb_train_000001.bin") && err.contains("tokens 0..3000"),
+        "{err}"
+    );
+    source_advice(&err);
+    bytes[1024 + 100] ^= 0x01;
+    fs::write(&first, &bytes).unwrap();
+
     write_llmc(
         &src.join("fineweb_train_000003.bin"),
         &[5, 400],

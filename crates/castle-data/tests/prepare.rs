@@ -68,10 +68,11 @@ fn prepare_builds_then_reuses() {
         expected.extend(p.tokenizer.encode(d).unwrap());
         expected.push(p.tokenizer.eot_id());
     }
-    assert_eq!(p.val.window(0, p.val.len()), expected);
+    assert_eq!(p.val.window(0, p.val.len()).unwrap(), expected);
     let eots = p
         .train
         .window(0, p.train.len())
+        .unwrap()
         .into_iter()
         .filter(|&t| t == p.tokenizer.eot_id())
         .count();

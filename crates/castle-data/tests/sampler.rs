@@ -13,7 +13,7 @@ fn batches_are_windows_of_the_shard() {
     let (_d, shard) = shard(1000);
     let mut s = BatchSampler::new(shard.len(), 16, 1).unwrap();
     for _ in 0..50 {
-        let batch = s.next_batch(&shard, 4);
+        let batch = s.next_batch(&shard, 4).unwrap();
         assert_eq!(batch.len(), 4 * 17);
         for row in batch.chunks(17) {
             // Token i has id i, so a window is a run of consecutive ids.
@@ -28,7 +28,9 @@ fn same_seed_same_batches_other_seed_differs() {
     let (_d, shard) = shard(5000);
     let draw = |seed| {
         let mut s = BatchSampler::new(shard.len(), 32, seed).unwrap();
-        (0..10).map(|_| s.next_batch(&shard, 8)).collect::<Vec<_>>()
+        (0..10)
+            .map(|_| s.next_batch(&shard, 8).unwrap())
+            .collect::<Vec<_>>()
     };
     assert_eq!(draw(42), draw(42));
     assert_ne!(draw(42), draw(43));
@@ -39,10 +41,10 @@ fn save_and_restore_resumes_exactly() {
     let (_d, shard) = shard(5000);
     let mut a = BatchSampler::new(shard.len(), 32, 7).unwrap();
     for _ in 0..5 {
-        a.next_batch(&shard, 8);
+        a.next_batch(&shard, 8).unwrap();
     }
     let saved = serde_json::to_string(&a.state()).unwrap();
-    let expected: Vec<_> = (0..5).map(|_| a.next_batch(&shard, 8)).collect();
+    let expected: Vec<_> = (0..5).map(|_| a.next_batch(&shard, 8).unwrap()).collect();
 
     let state: SamplerState = serde_json::from_str(&saved).unwrap();
     assert_eq!(
@@ -53,7 +55,7 @@ fn save_and_restore_resumes_exactly() {
         }
     );
     let mut b = BatchSampler::from_state(shard.len(), 32, state).unwrap();
-    let resumed: Vec<_> = (0..5).map(|_| b.next_batch(&shard, 8)).collect();
+    let resumed: Vec<_> = (0..5).map(|_| b.next_batch(&shard, 8).unwrap()).collect();
     assert_eq!(resumed, expected);
     assert_eq!(a.state(), b.state());
 }
@@ -64,7 +66,7 @@ fn starts_cover_the_whole_shard() {
     let mut s = BatchSampler::new(shard.len(), 8, 3).unwrap();
     let mut seen = [false; 32];
     for _ in 0..200 {
-        for row in s.next_batch(&shard, 4).chunks(9) {
+        for row in s.next_batch(&shard, 4).unwrap().chunks(9) {
             seen[row[0] as usize] = true;
         }
     }
@@ -87,13 +89,13 @@ fn too_short_shard_is_an_error() {
 #[test]
 fn validation_windows_are_fixed() {
     let (_d, shard) = shard(100);
-    let w = validation_windows(&shard, 10, 1_000);
+    let w = validation_windows(&shard, 10, 1_000).unwrap();
     assert_eq!(w.len(), 9); // starts 0,10,...,80; 90..101 would run past the end
     assert_eq!(w[0], (0..11).collect::<Vec<_>>());
     assert_eq!(w[8][0], 80);
-    assert_eq!(w, validation_windows(&shard, 10, 1_000));
-    assert_eq!(validation_windows(&shard, 10, 35).len(), 3);
-    assert!(validation_windows(&shard, 100, 1_000).is_empty());
+    assert_eq!(w, validation_windows(&shard, 10, 1_000).unwrap());
+    assert_eq!(validation_windows(&shard, 10, 35).unwrap().len(), 3);
+    assert!(validation_windows(&shard, 100, 1_000).unwrap().is_empty());
 }
 
 #[test]
@@ -104,11 +106,11 @@ fn rank_parts_concatenate_to_the_global_batch() {
         .map(|_| BatchSampler::new(shard.len(), 16, 9).unwrap())
         .collect();
     for _ in 0..5 {
-        let expected = whole.next_batch(&shard, 6);
+        let expected = whole.next_batch(&shard, 6).unwrap();
         let parts: Vec<u32> = ranks
             .iter_mut()
             .enumerate()
-            .flat_map(|(r, s)| s.next_batch_part(&shard, 6, r, 3))
+            .flat_map(|(r, s)| s.next_batch_part(&shard, 6, r, 3).unwrap())
             .collect();
         assert_eq!(parts, expected);
     }

@@ -1,7 +1,7 @@
 use std::fs;
 
 use castle_data::shard::HEADER_LEN;
-use castle_data::{write_shard, Shard, TokenDtype};
+use castle_data::{write_shard, Shard, TokenDtype, TokenSource};
 
 const HASH: [u8; 32] = [7; 32];
 
@@ -31,9 +31,9 @@ fn round_trip_both_dtypes() {
             fs::metadata(&path).unwrap().len() as usize,
             HEADER_LEN + toks.len() * dtype.width()
         );
-        assert_eq!(shard.window(0, toks.len()), toks);
-        assert_eq!(shard.get(1234), toks[1234]);
-        assert_eq!(shard.window(17, 5), &toks[17..22]);
+        assert_eq!(shard.window(0, toks.len()).unwrap(), toks);
+        assert_eq!(shard.window(1234, 1).unwrap(), [toks[1234]]);
+        assert_eq!(shard.window(17, 5).unwrap(), &toks[17..22]);
     }
     // Only the final files remain: no temp files.
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use castle_model::safetensors::{self, ExportConfig};
+use castle_model::safetensors::{self, ExportConfig, ExportTokenizer};
 use castle_model::TrainBackend;
 use castle_train::backend::{dispatch, OnBackend};
 use castle_train::checkpoint::Checkpoint;
@@ -91,9 +91,14 @@ impl OnBackend for Job {
     type Output = ExportReport;
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<ExportReport> {
         let loaded = Loaded::<B::InnerBackend>::load(self.checkpoint, &device)?;
-        let tokenizer = loaded.checkpoint.dir.join(safetensors::TOKENIZER_FILE);
-        let sha = loaded.tokenizer.hash_hex();
-        let config = safetensors::export(&loaded.model, Some((&tokenizer, &sha)), &self.out)?;
+        let file = loaded.checkpoint.dir.join(safetensors::TOKENIZER_FILE);
+        let sha256 = loaded.tokenizer.hash_hex();
+        let tokenizer = ExportTokenizer {
+            file: &file,
+            sha256: &sha256,
+            eot_id: loaded.tokenizer.eot_id(),
+        };
+        let config = safetensors::export(&loaded.model, Some(tokenizer), &self.out)?;
         Ok(ExportReport {
             checkpoint: loaded.checkpoint.dir.clone(),
             step: loaded.checkpoint.state.step,

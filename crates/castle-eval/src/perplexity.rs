@@ -60,7 +60,7 @@ pub fn load_windows(
             }
             let max = max_tokens.unwrap_or(config.eval.tokens);
             (
-                validation_windows(&data.val, seq_len, max),
+                validation_windows(&data.val, seq_len, max)?,
                 format!("validation split of {}", data.dir.display()),
             )
         }
@@ -78,7 +78,7 @@ pub fn load_windows(
                 path.display()
             );
             (
-                validation_windows(tokens.as_slice(), seq_len, max_tokens.unwrap_or(usize::MAX)),
+                validation_windows(tokens.as_slice(), seq_len, max_tokens.unwrap_or(usize::MAX))?,
                 path.display().to_string(),
             )
         }

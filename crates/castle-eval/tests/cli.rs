@@ -325,6 +325,36 @@ fn evaluation_only_reads_prepared_data() {
 }
 
 #[test]
+fn a_damaged_validation_shard_is_named() {
+    // A copy of the run's prepared data, one byte of its validation shard flipped.
+    let prepared = trained().root.join("prepared");
+    let (_keep, ckpt) = checkpoint_copy("step-0000012");
+    let copy = ckpt.join("prepared-copy");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(&prepared).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = ckpt.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(&prepared.display().to_string(), &copy.display().to_string());
+    std::fs::write(&config, text).unwrap();
+    let shard = copy.join("val-000000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[castle_data::shard::HEADER_LEN + 3] ^= 0x01;
+    std::fs::write(&shard, bytes).unwrap();
+
+    let out = castle_eval(&["--ckpt", &ckpt.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("val-000000.bin") && stderr.contains("tokens 0.."),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn clear_errors() {
     let err = error(&["--ckpt", "/nonexistent/run"]);
     assert!(err.contains("/nonexistent/run does not exist"), "{err}");

@@ -1,5 +1,6 @@
-//! `castle-eval --export` and `castle-train`'s `run.init_from` (`--init-from`) on a tiny run
-//! trained in-process with `configs/tiny.toml` on a synthetic corpus (trained once, shared).
+//! `castle-eval --export` and `castle-train`'s `run.init_from` (`--init-from`) on tiny runs
+//! trained in-process with `configs/tiny.toml` on a synthetic corpus (a CASTLE run and a baseline
+//! run, each trained once and shared).
 
 #[path = "../../castle-train/tests/common/corpus.rs"]
 mod corpus;
@@ -49,35 +50,45 @@ impl Exported {
     }
 }
 
-/// A trained run, exported through the `castle-eval` binary.
+/// The trained CASTLE run, exported.
 fn exported() -> &'static Exported {
     static EXPORTED: OnceLock<Exported> = OnceLock::new();
-    EXPORTED.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let exported = Exported {
-            root: dir.path().to_path_buf(),
-            _dir: dir,
-        };
-        write_corpus(&exported.root, 30);
-        let config = exported.config("run", &["train.steps=8".into()]);
-        castle_train::trainer::train::<AD>(&config, false, &Default::default()).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_castle-eval"))
-            .args(["--ckpt", exported.run().to_str().unwrap(), "--export"])
-            .arg(exported.export())
-            .arg("--json")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "castle-eval --export failed:\n{stderr}"
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["step"], 8);
-        assert_eq!(report["config"]["attention"], "castle");
-        exported
-    })
+    EXPORTED.get_or_init(|| export_run("castle"))
+}
+
+/// The trained baseline run, exported.
+fn exported_baseline() -> &'static Exported {
+    static EXPORTED: OnceLock<Exported> = OnceLock::new();
+    EXPORTED.get_or_init(|| export_run("baseline"))
+}
+
+/// A run of `attention` trained 8 steps, exported through the `castle-eval` binary.
+fn export_run(attention: &str) -> Exported {
+    let dir = tempfile::tempdir().unwrap();
+    let exported = Exported {
+        root: dir.path().to_path_buf(),
+        _dir: dir,
+    };
+    write_corpus(&exported.root, 30);
+    let attention_key = format!("model.attention=\"{attention}\"");
+    let config = exported.config("run", &["train.steps=8".into(), attention_key]);
+    castle_train::trainer::train::<AD>(&config, false, &Default::default()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_castle-eval"))
+        .args(["--ckpt", exported.run().to_str().unwrap(), "--export"])
+        .arg(exported.export())
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "castle-eval --export failed:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["step"], 8);
+    assert_eq!(report["config"]["attention"], attention);
+    exported
 }
 
 fn bits<Bk: Backend>(logits: Tensor<Bk, 3>) -> Vec<u32> {
@@ -141,7 +152,7 @@ fn first_batch_loss(config: &RunConfig, model: &CastleLm<AD>) -> f64 {
     let data = castle_data::prepare(&config.data).unwrap();
     let (seq_len, batch) = (config.train.seq_len, config.train.batch_size);
     let mut sampler = BatchSampler::new(data.train.len(), seq_len, config.run.seed).unwrap();
-    let tokens = sampler.next_batch(&data.train, batch);
+    let tokens = sampler.next_batch(&data.train, batch).unwrap();
     let (inputs, targets) = inputs_and_targets::<AD>(&tokens, batch, &Default::default());
     token_nll(model.forward(inputs), targets)
         .mean()
@@ -195,4 +206,70 @@ fn init_from_an_export_of_another_shape_names_the_field() {
         message.contains("num_hidden_layers = 2") && message.contains("model.layers"),
         "{message}"
     );
+}
+
+/// The exported `config.json`.
+fn config_json(e: &Exported) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(e.export().join(CONFIG_FILE)).unwrap()).unwrap()
+}
+
+#[test]
+fn a_baseline_export_holds_every_key_of_transformers_llama_config() {
+    let e = exported_baseline();
+    let c = config_json(e);
+    let loaded = Loaded::<B>::load(resolve(&e.run(), false).unwrap(), &Default::default()).unwrap();
+    let model = &loaded.checkpoint.config.model;
+    // `AutoModelForCausalLM.from_pretrained` picks `LlamaConfig` by `model_type`; each key it
+    // reads, with the JSON type `LlamaConfig.__init__` takes and the run's value.
+    assert_eq!(c["model_type"], "llama");
+    assert_eq!(c["architectures"], serde_json::json!(["LlamaForCausalLM"]));
+    let eot = loaded.tokenizer.eot_id() as u64;
+    for (key, value) in [
+        ("vocab_size", loaded.tokenizer.vocab_size() as u64),
+        ("hidden_size", model.d_model as u64),
+        ("intermediate_size", model.mlp_hidden() as u64),
+        ("num_hidden_layers", model.layers as u64),
+        ("num_attention_heads", model.heads as u64),
+        ("num_key_value_heads", model.heads as u64),
+        ("head_dim", model.head_dim as u64),
+        ("max_position_embeddings", model.max_seq_len as u64),
+        ("bos_token_id", eot),
+        ("eos_token_id", eot),
+    ] {
+        assert_eq!(c[key].as_u64(), Some(value), "{key} = {}", c[key]);
+    }
+    assert!(c["rms_norm_eps"]
+        .as_f64()
+        .is_some_and(|e| e > 0.0 && e < 1e-3));
+    assert_eq!(c["rope_theta"].as_f64(), Some(model.rope_theta));
+    for (key, value) in [
+        ("hidden_act", serde_json::json!("silu")),
+        (
+            "tie_word_embeddings",
+            serde_json::json!(model.tie_embeddings),
+        ),
+        ("attention_bias", serde_json::json!(false)),
+        ("mlp_bias", serde_json::json!(false)),
+        ("torch_dtype", serde_json::json!("float32")),
+    ] {
+        assert_eq!(c[key], value, "{key}");
+    }
+    // castle's own keys stay beside them.
+    assert_eq!(c["attention"], "baseline");
+    assert_eq!(c["rope_style"], "rotate_half");
+
+    // A CASTLE export declares castle's own type.
+    let c = config_json(exported());
+    assert_eq!(c["model_type"], "castle");
+    assert_eq!(c["architectures"], serde_json::json!(["CastleForCausalLM"]));
+}
+
+#[test]
+fn init_from_reads_a_baseline_export() {
+    let e = exported_baseline();
+    let init = format!("run.init_from=\"{}\"", e.export().display());
+    let attention = "model.attention=\"baseline\"".to_string();
+    let config = e.config("from-export", &["train.steps=2".into(), attention, init]);
+    let summary = castle_train::trainer::train::<AD>(&config, false, &Default::default()).unwrap();
+    assert_eq!(summary.steps, 2);
 }

@@ -175,13 +175,22 @@ fn load_into<B: Backend>(model: CastleLm<B>, path: &Path) -> Result<CastleLm<B>,
     Ok(layout::fuse(split, model))
 }
 
-/// Writes `dir/model.safetensors`, `dir/config.json` and, with `tokenizer = Some((file,
-/// sha256))`, a copy of the tokenizer as `dir/tokenizer.json`. Everything is written into a
-/// hidden sibling directory renamed to `dir` at the end, so a crash leaves no partial export.
-/// `dir` must not exist or be empty.
+/// The tokenizer an export carries.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportTokenizer<'a> {
+    /// Its `tokenizer.json`, copied into the export.
+    pub file: &'a Path,
+    pub sha256: &'a str,
+    /// The end-of-text id (`bos_token_id` and `eos_token_id` in `config.json`).
+    pub eot_id: u32,
+}
+
+/// Writes `dir/model.safetensors`, `dir/config.json` and, with a tokenizer, a copy of it as
+/// `dir/tokenizer.json`. Everything is written into a hidden sibling directory renamed to `dir`
+/// at the end, so a crash leaves no partial export. `dir` must not exist or be empty.
 pub fn export<B: Backend>(
     model: &CastleLm<B>,
-    tokenizer: Option<(&Path, &str)>,
+    tokenizer: Option<ExportTokenizer>,
     dir: &Path,
 ) -> Result<ExportConfig, SafetensorsError> {
     if dir.exists() {
@@ -206,11 +215,15 @@ pub fn export<B: Backend>(
         }
         fs::create_dir_all(&tmp).map_err(|e| file_error(&tmp, e))?;
         save_weights(model, &tmp.join(WEIGHTS_FILE))?;
-        let config = ExportConfig::of(model, tokenizer.map(|(_, sha)| sha));
+        let config = ExportConfig {
+            bos_token_id: tokenizer.map(|t| t.eot_id),
+            eos_token_id: tokenizer.map(|t| t.eot_id),
+            ..ExportConfig::of(model, tokenizer.map(|t| t.sha256))
+        };
         let config_path = tmp.join(CONFIG_FILE);
         fs::write(&config_path, config.to_json()).map_err(|e| file_error(&config_path, e))?;
-        if let Some((file, _)) = tokenizer {
-            fs::copy(file, tmp.join(TOKENIZER_FILE)).map_err(|e| file_error(file, e))?;
+        if let Some(t) = tokenizer {
+            fs::copy(t.file, tmp.join(TOKENIZER_FILE)).map_err(|e| file_error(t.file, e))?;
         }
         for entry in fs::read_dir(&tmp).map_err(|e| file_error(&tmp, e))? {
             let path = entry.map_err(|e| file_error(&tmp, e))?.path();

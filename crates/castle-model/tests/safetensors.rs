@@ -11,7 +11,7 @@ use burn::backend::ndarray::NdArray;
 use burn::prelude::*;
 use castle_model::lm::Attention;
 use castle_model::safetensors::{
-    export, import, load_weights, ExportConfig, CONFIG_FILE, WEIGHTS_FILE,
+    export, import, load_weights, ExportConfig, ExportTokenizer, CONFIG_FILE, WEIGHTS_FILE,
 };
 use castle_model::{AttentionKind, CastleLm, ModelConfig};
 use common::random_tokens;
@@ -288,13 +288,17 @@ fn the_tokenizer_hash_is_recorded_and_checked() {
     let tokenizer = dir.path().join("tok.json");
     std::fs::write(&tokenizer, "{}").unwrap();
     let out = dir.path().join("export");
-    let written = export(
-        &base.init::<B>(VOCAB, &device),
-        Some((&tokenizer, "abc")),
-        &out,
-    )
-    .unwrap();
+    let tok = ExportTokenizer {
+        file: &tokenizer,
+        sha256: "abc",
+        eot_id: 5,
+    };
+    let written = export(&base.init::<B>(VOCAB, &device), Some(tok), &out).unwrap();
     assert_eq!(written, ExportConfig::read(&out.join(CONFIG_FILE)).unwrap());
+    assert_eq!(
+        (written.bos_token_id, written.eos_token_id),
+        (Some(5), Some(5))
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
         "{}"
@@ -302,6 +306,20 @@ fn the_tokenizer_hash_is_recorded_and_checked() {
     let message = import_error(&out, &base, VOCAB, Some("def"));
     assert!(message.contains("tokenizer_sha256 = \"abc\""), "{message}");
     import::<B>(&out, &base, VOCAB, Some("abc"), &device).unwrap();
+
+    // A baseline export is a LLaMA; one written before it said so (`castle`) still imports,
+    // another model type does not.
+    assert_eq!(written.model_type, "llama");
+    let config_path = out.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    for (model_type, loads) in [("castle", true), ("gpt2", false)] {
+        let edited = text.replace("\"llama\"", &format!("{model_type:?}"));
+        std::fs::write(&config_path, edited).unwrap();
+        match import::<B>(&out, &base, VOCAB, Some("abc"), &device) {
+            Ok(_) => assert!(loads, "{model_type}"),
+            Err(e) => assert!(!loads && e.to_string().contains("gpt2"), "{e}"),
+        }
+    }
 }
 
 #[test]

@@ -116,6 +116,12 @@ pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// The newest checkpoint's path, or "none", for a message.
+pub fn last_named(run_dir: &Path) -> Result<String> {
+    let last = list(run_dir)?.pop();
+    Ok(last.map_or("none".into(), |p| p.display().to_string()))
+}
+
 /// Removes leftover temporary directories and all but the last `keep_last` checkpoints and
 /// the best one by validation loss.
 pub fn prune(run_dir: &Path, keep_last: usize) -> Result<()> {
@@ -147,6 +153,7 @@ pub fn best(run_dir: &Path) -> Result<Option<Checkpoint>> {
         .iter()
         .filter_map(|d| read(d).ok())
         .filter(|c| c.state.val_loss.is_some_and(f64::is_finite))
+        // Finite losses (filtered just above) always compare.
         .min_by(|a, b| a.state.val_loss.partial_cmp(&b.state.val_loss).unwrap()))
 }
 

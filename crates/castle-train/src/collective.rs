@@ -7,7 +7,7 @@
 //! freshly initialised model draws its `ParamId`s at random in each process, so two nodes would
 //! pair different parameters of the same shape without any error.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -16,7 +16,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorPrimitive;
-use burn_collective::{all_reduce, PeerId, ReduceOperation};
+use burn_collective::{all_reduce, CollectiveError, PeerId, ReduceOperation};
 use castle_model::CastleLm;
 
 /// Elements per all-reduce call (64 MiB of `f32`): under WebSocket's frame limit, and few calls.
@@ -34,18 +34,26 @@ impl Watch {
         Self(Arc::new(Mutex::new(vec![None; local_ranks])))
     }
 
+    /// The entries; a rank that panicked while holding the lock left them whole (each update
+    /// is one assignment), so a poisoned lock is used as it is.
+    fn ranks(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Runs `call` (a blocking collective call) for local rank `local`, marked as waiting.
     pub fn waiting<T>(&self, local: usize, what: &str, call: impl FnOnce() -> T) -> T {
-        self.0.lock().expect("watch lock")[local] = Some((Instant::now(), what.to_string()));
+        self.ranks()[local] = Some((Instant::now(), what.to_string()));
         let out = call();
-        self.0.lock().expect("watch lock")[local] = None;
+        self.ranks()[local] = None;
         out
     }
 
     /// When every local rank has waited in a collective call for longer than `timeout` (so no
     /// local rank is working and the missing party is remote or dead), that call and the wait.
     pub fn stalled(&self, timeout: Duration) -> Option<(String, Duration)> {
-        let ranks = self.0.lock().expect("watch lock");
+        let ranks = self.ranks();
         let mut shortest: Option<(String, Duration)> = None;
         for entry in ranks.iter() {
             let (since, what) = entry.as_ref()?;
@@ -94,11 +102,17 @@ impl Peer {
             .waiting(self.local, what, || {
                 all_reduce::<B>(self.id(), primitive, op)
             })
-            .map_err(|e| {
-                anyhow!(
+            .map_err(|e| match e {
+                // The exchange between nodes failed: most often another node died.
+                CollectiveError::Global(global) => anyhow!(
+                    "rank {}: {what} failed in burn-collective between nodes, as when another \
+                     node dies or loses its connection: {global:?}",
+                    self.rank
+                ),
+                e => anyhow!(
                     "rank {}: {what} failed in burn-collective: {e:?}",
                     self.rank
-                )
+                ),
             })?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
     }

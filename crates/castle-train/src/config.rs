@@ -378,6 +378,7 @@ impl RunConfig {
     /// Values are compared, not their printed forms.
     pub fn resume_mismatch(&self, saved: &RunConfig) -> Option<(String, String, String)> {
         let fixed = |c: &RunConfig| {
+            // A struct of plain fields, which TOML always holds.
             let mut keys: Vec<(String, toml::Value)> = toml::Table::try_from(&c.model)
                 .expect("a ModelConfig always serializes")
                 .into_iter()
@@ -408,6 +409,7 @@ impl RunConfig {
     }
 
     pub fn to_toml(&self) -> String {
+        // Tables of plain fields (no `None` in an array, no non-string keys): always serializes.
         toml::to_string_pretty(self).expect("a RunConfig always serializes")
     }
 }

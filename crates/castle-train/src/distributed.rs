@@ -109,6 +109,23 @@ impl Launch {
             .with_node_address(ws(node)?)
             .with_data_service_port(port_of(node)?))
     }
+
+    /// The collective settings in words, for the log (burn-collective's default strategies).
+    fn describe(&self) -> String {
+        let local = format!(
+            "{} ranks ({} per node x {} nodes), gradients all-reduced as a binary tree within a node",
+            self.world(),
+            self.devices,
+            self.nodes
+        );
+        match (&self.master_addr, &self.node_addr) {
+            (Some(master), Some(node)) if self.nodes > 1 => format!(
+                "{local} and as a ring across nodes; orchestrator at {master}, this node's tensor \
+                 service at {node}"
+            ),
+            _ => local,
+        }
+    }
 }
 
 fn port_of(addr: &str) -> Result<u16> {
@@ -291,6 +308,7 @@ fn register_all<B: TrainBackend>(
     watch: &Watch,
 ) -> Result<()> {
     let config = launch.collective_config()?;
+    info!("joining: {}", launch.describe());
     let (tx, rx) = mpsc::channel();
     for (local, device) in devices.iter().enumerate() {
         let id = PeerId::from(launch.node_rank * launch.devices + local);
@@ -318,12 +336,7 @@ fn register_all<B: TrainBackend>(
             ),
         }
     }
-    info!(
-        "joined: {} ranks ({} per node x {} nodes)",
-        launch.world(),
-        launch.devices,
-        launch.nodes
-    );
+    info!("joined: all {} ranks", launch.world());
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod init;
 pub mod memory;
 pub mod metrics;
 pub mod optim;
+mod repair;
 pub mod schedule;
 pub mod step;
 pub mod summary;

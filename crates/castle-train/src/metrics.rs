@@ -50,6 +50,7 @@ impl MetricsLog {
             let kept: String = read_metrics(path)?
                 .into_iter()
                 .filter(|m| m.step <= last_step)
+                // Numbers and options only (serde_json writes a NaN as null): never fails.
                 .map(|m| serde_json::to_string(&m).expect("metrics serialize") + "\n")
                 .collect();
             write_atomic(path, kept.as_bytes())?;

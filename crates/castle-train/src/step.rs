@@ -64,7 +64,7 @@ pub fn train_step<B: TrainBackend>(
     peer: Option<&Peer>,
     device: &B::Device,
 ) -> Result<(CastleLm<B>, StepOutput)> {
-    assert!(!micro_batches.is_empty(), "a step needs a micro-batch");
+    anyhow::ensure!(!micro_batches.is_empty(), "a step needs a micro-batch");
     let accumulation = micro_batches.len();
     let mut times = StepTimes::default();
     let mut accumulator = GradientsAccumulator::<CastleLm<B>>::new();
@@ -84,6 +84,7 @@ pub fn train_step<B: TrainBackend>(
         times.backward += backward_started.elapsed();
         loss_sum = Some(loss_sum.map_or(value.clone(), |sum| sum + value));
     }
+    // Set by the loop, which runs at least once (checked above).
     let mut loss_sum = loss_sum.expect("at least one micro-batch");
     let mut grads = accumulator.grads();
     if let Some(peer) = peer {

@@ -25,6 +25,7 @@ use crate::collective::Peer;
 use crate::config::RunConfig;
 use crate::metrics::{metrics_path, summary_path, MetricsLog, StepMetrics, Summary};
 use crate::optim::AdamWGroups;
+use crate::repair;
 use crate::schedule::learning_rate;
 use crate::step::{train_step, TimeTotals};
 use crate::validation::mean_loss;
@@ -82,11 +83,27 @@ pub fn train<B: TrainBackend>(
     let run_dir = &config.run.dir;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create run.dir {}", run_dir.display()))?;
-    let data = prepare_data(config)?;
-    let start = start::<B>(config, &data, require_resume, device)?;
-    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-    let summary = run_rank(config, &data, start, device, None)?;
-    Ok(summary.expect("rank 0 summarizes"))
+    let mut data = prepare_data(config)?;
+    let mut rewritten = vec![];
+    loop {
+        let run = start::<B>(config, &data, require_resume, device).and_then(|start| {
+            write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+            run_rank(config, &data, start, device, None)
+        });
+        match run {
+            // Without a peer this is rank 0, which always summarizes.
+            Ok(summary) => return Ok(summary.expect("rank 0 summarizes")),
+            // A damaged shard of our own, with its corpus at hand: rewritten, then resumed.
+            Err(e) => match repair::repairable(&e, config, &rewritten) {
+                Some(shard) => {
+                    // `data` maps the damaged file; `rewrite` replaces it.
+                    data = repair::rewrite(&e, &shard, config, data)?;
+                    rewritten.push(shard);
+                }
+                None => return Err(e),
+            },
+        }
+    }
 }
 
 /// Where a run starts: a fresh model, or the newest checkpoint that loads.
@@ -106,7 +123,7 @@ pub fn start<B: TrainBackend>(
     device: &B::Device,
 ) -> Result<Start<B>> {
     let seq_len = config.train.seq_len;
-    if validation_windows(&data.val, seq_len, config.eval.tokens).is_empty() {
+    if validation_windows(&data.val, seq_len, config.eval.tokens)?.is_empty() {
         bail!(
             "the validation split {} has {} tokens, fewer than one window of train.seq_len + 1 = {}",
             data.val.path().display(),
@@ -179,7 +196,7 @@ pub(crate) fn run_rank<B: TrainBackend>(
     let lead = rank == 0;
     let run_dir = &config.run.dir;
     let (seq_len, batch) = (config.train.seq_len, config.train.batch_size);
-    let val_windows = validation_windows(&data.val, seq_len, config.eval.tokens);
+    let val_windows = validation_windows(&data.val, seq_len, config.eval.tokens)?;
     let mut sampler = BatchSampler::from_state(data.train.len(), seq_len, state.sampler.clone())?;
     let mut metrics = match lead {
         true => Some(MetricsLog::open(&metrics_path(run_dir), state.step)?),
@@ -200,9 +217,21 @@ pub(crate) fn run_rank<B: TrainBackend>(
 
     for step in state.step + 1..=steps {
         let lr = learning_rate(&config.train, step);
-        let micro_batches: Vec<Vec<u32>> = (0..accumulation)
+        let micro_batches = (0..accumulation)
             .map(|_| sampler.next_batch_part(&data.train, batch, rank, world))
-            .collect();
+            .collect::<Result<Vec<_>>>();
+        let micro_batches = match micro_batches {
+            Ok(batches) => batches,
+            Err(e) => {
+                progress.abandon();
+                return Err(e.context(format!(
+                    "step {step}: the training data cannot be read, so the run stops; the last \
+                     checkpoint ({}) is intact: repair the data, then run the same command again \
+                     to resume",
+                    checkpoint::last_named(run_dir)?
+                )));
+            }
+        };
         let out;
         (model, out) = train_step(
             model,
@@ -217,11 +246,10 @@ pub(crate) fn run_rank<B: TrainBackend>(
         times.add(&out.times);
         if !train_loss.is_finite() || !grad_norm.is_finite() {
             progress.abandon();
-            let last = checkpoint::list(run_dir)?.pop();
             bail!(
                 "train_loss = {train_loss}, grad_norm = {grad_norm} at step {step}: training diverged. \
                  Last good checkpoint: {}. Lower train.lr or raise train.warmup_steps and resume.",
-                last.map_or("none".into(), |p| p.display().to_string())
+                checkpoint::last_named(run_dir)?
             );
         }
         state.step = step;
@@ -369,7 +397,7 @@ fn summarize<B: TrainBackend>(
     let final_val_loss = match state.val_loss {
         Some(v) => v,
         None => {
-            let windows = validation_windows(&data.val, config.train.seq_len, config.eval.tokens);
+            let windows = validation_windows(&data.val, config.train.seq_len, config.eval.tokens)?;
             mean_loss(&model.valid(), &windows, config.train.batch_size, device)
         }
     };
@@ -400,6 +428,7 @@ fn progress_bar(steps: usize, start: usize) -> ProgressBar {
         ProgressStyle::with_template(
             "{spinner} step {pos}/{len} [{elapsed_precise}] {bar:30.cyan/blue} {msg} | ETA {eta}",
         )
+        // A constant template, which parses.
         .expect("valid template"),
     );
     bar.reset_eta();

@@ -23,10 +23,11 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts castle-train with the log a user sees by default (info).
 fn spawn(args: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_castle-train"))
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -195,6 +196,13 @@ fn a_node_killed_mid_run_stops_the_other_with_an_error_and_a_valid_checkpoint() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("a peer died or a node never joined") || stderr.contains("burn-collective"),
+        "{stderr}"
+    );
+    // One clear error: no thread panics; burn-collective's settings in words, not a Debug dump.
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("CollectiveConfig"), "{stderr}");
+    assert!(
+        stderr.contains("joining: 2 ranks (1 per node x 2 nodes)"),
         "{stderr}"
     );
     // The last checkpoint loads: the run resumes from it on one process with two ranks.

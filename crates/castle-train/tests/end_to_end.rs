@@ -1,5 +1,6 @@
 //! End to end on `configs/tiny.toml` through the `castle-train` binary: outputs, exact resume
-//! after SIGKILL, fallback from a corrupt checkpoint, tokenizer mismatch, divergence.
+//! after SIGKILL, fallback from a corrupt checkpoint, tokenizer mismatch, divergence, a shard
+//! damaged mid-run.
 
 mod common;
 
@@ -192,6 +193,66 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     assert!(stderr.contains("training diverged"), "{stderr}");
     assert!(stderr.contains("Last good checkpoint"), "{stderr}");
     assert!(!tmp.path().join("run/summary.json").exists());
+}
+
+#[test]
+fn a_shard_damaged_mid_run_stops_it_by_name_or_is_rewritten_from_the_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(tmp.path(), 30);
+    let args = tiny_args(tmp.path(), "run");
+    assert_success(&castle_train(&with(args.clone(), &["train.steps=6"])));
+
+    // One flipped payload byte, as a bad disk or a partial copy leaves it; without the corpus
+    // castle-train cannot rewrite the shard, so the run stops.
+    let shard = tmp.path().join("prepared/train-000000.bin");
+    let good = std::fs::read(&shard).unwrap();
+    let mut bytes = good.clone();
+    bytes[castle_data::shard::HEADER_LEN + 100] ^= 0x10;
+    std::fs::write(&shard, &bytes).unwrap();
+    std::fs::rename(&corpus, tmp.path().join("corpus-away")).unwrap();
+    let out = castle_train(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for expected in [
+        "step 7: ",
+        "train-000000.bin",
+        "tokens 0..",
+        "step-0000006) is intact",
+        "castle-data prepare",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    let run = tmp.path().join("run");
+    let last = checkpoint::list(&run).unwrap().pop().unwrap();
+    let ckpt = checkpoint::read(&last).unwrap();
+    assert_eq!(ckpt.state.step, 6);
+    let vocab = ckpt.tokenizer().unwrap().vocab_size();
+    ckpt.load_model::<burn::backend::Flex>(vocab, &Default::default())
+        .unwrap();
+
+    // With the corpus back, castle-train rewrites the shard, byte for byte, says so and resumes.
+    std::fs::rename(tmp.path().join("corpus-away"), &corpus).unwrap();
+    let out = castle_train(&args);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("castle-train rewrites") && stderr.contains("train-000000.bin"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(&shard).unwrap() == good,
+        "the shard as written"
+    );
+    assert_eq!(metrics(&run).last().unwrap().step, 12);
+
+    // A corpus that changed since cannot give the same tokens back: an error, not another run.
+    std::fs::write(&shard, &bytes).unwrap();
+    std::fs::write(corpus.join("doc-000.txt"), "a document written since").unwrap();
+    let out = castle_train(&with(args, &["train.steps=14"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the corpus changed"), "{stderr}");
 }
 
 #[test]

@@ -56,7 +56,9 @@ pub fn register<B: Backend>(
     device: B::Device,
     config: CollectiveConfig,
 ) -> Result<(), CollectiveError> {
-    log::info!("Registering peer {id} with config: {config}");
+    // castle: the config's multi-line dump went to every multi-node run's log at info level;
+    // castle-train logs the settings in words instead.
+    log::debug!("Registering peer {id} with config: {config}");
     let mut client = get_collective_client::<B>();
     client.register(id, device, config)
 }

@@ -124,27 +124,31 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         // Send a closing message to every open WebSocket stream
 
         let mut streams = self.channels.lock().await;
-        for (_, stream) in streams.drain() {
+        for (address, stream) in streams.drain() {
             let mut stream = stream.lock().await;
 
-            stream
-                .close()
-                .await
-                .expect("Failed to close WebSocket stream");
+            // castle: a peer already gone is no reason to panic (was `expect`).
+            if let Err(err) = stream.close().await {
+                log::warn!("Closing the connection to {address} failed: {err:?}");
+            }
         }
     }
 
     /// Downloads a tensor that is exposed on another server. Requires a Tokio 1.x runtime
     ///
-    /// Returns None if the peer closes the connection
+    /// Returns None if the peer cannot be reached, closes or loses the connection, or answers
+    /// with something else than the tensor.
+    // castle: each of these cases was a panic (`expect`, `panic!`) in the task running the
+    // collective operation; a peer dying is expected in multi-node training, and `None` is
+    // what the callers turn into `GlobalCollectiveError::PeerLost`.
     pub async fn download_tensor(
         &self,
         remote: Address,
         transfer_id: TensorTransferId,
     ) -> Option<TensorData> {
-        log::info!("Downloading tensor from {remote:?}");
+        log::debug!("Downloading tensor from {remote:?}");
 
-        let stream = self.get_data_stream(remote).await;
+        let stream = self.get_data_stream(remote.clone()).await?;
         let mut stream = stream.lock().await;
 
         // Send the download request with the download id
@@ -152,48 +156,51 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
             rmp_serde::to_vec(&DataServiceMessage::TensorRequest(transfer_id))
                 .unwrap()
                 .into();
-        stream
-            .send(Message::new(bytes))
-            .await
-            .expect("Failed to send download id");
-
-        if let Ok(msg) = stream.recv().await {
-            let Some(msg) = msg else {
-                log::warn!("Received None message from the websocket, closing connection.");
-                return None;
-            };
-
-            let DataServiceMessage::Tensor(data) = rmp_serde::from_slice(&msg.data)
-                .expect("Can deserialize messages from the websocket.")
-            else {
-                panic!("Message should have been TensorData")
-            };
-            return Some(data);
+        if let Err(err) = stream.send(Message::new(bytes)).await {
+            log::warn!("Cannot request a tensor from {remote}: {err:?}");
+            return None;
         }
-        log::warn!("Closed connection");
-        None
+
+        let msg = match stream.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                log::warn!("{remote} closed the connection");
+                return None;
+            }
+            Err(err) => {
+                log::warn!("Lost the connection to {remote}: {err:?}");
+                return None;
+            }
+        };
+        match rmp_serde::from_slice(&msg.data) {
+            Ok(DataServiceMessage::Tensor(data)) => Some(data),
+            _ => {
+                log::warn!("{remote} answered a tensor request with something else");
+                None
+            }
+        }
     }
 
-    /// Get the WebSocket stream for the given address, or create a new one if it doesn't exist.
+    /// Get the WebSocket stream for the given address, or create a new one if it doesn't exist;
+    /// `None` when the address cannot be reached (castle: was a panic).
     async fn get_data_stream(
         &self,
         address: Address,
-    ) -> Arc<Mutex<<P::Client as ProtocolClient>::Channel>> {
+    ) -> Option<Arc<Mutex<<P::Client as ProtocolClient>::Channel>>> {
         let mut streams = self.channels.lock().await;
         match streams.get(&address) {
-            Some(stream) => stream.clone(),
+            Some(stream) => Some(stream.clone()),
             None => {
                 // Open a new WebSocket connection to the address
-                let stream = P::Client::connect(address.clone(), "data").await;
-
-                let Some(stream) = stream else {
-                    panic!("Failed to connect to data server at {address:?}");
+                let Some(stream) = P::Client::connect(address.clone(), "data").await else {
+                    log::warn!("Cannot connect to the data server at {address}");
+                    return None;
                 };
 
                 let stream = Arc::new(Mutex::new(stream));
                 streams.insert(address.clone(), stream.clone());
 
-                stream
+                Some(stream)
             }
         }
     }
@@ -232,34 +239,43 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
     }
 
     /// Handle incoming connections for downloading tensors.
+    // castle: a connection that fails (the peer died: "connection reset"), a message that is not
+    // a tensor request, or a failed send now ends this connection with a warning; each was a
+    // panic of the server's task (`panic!`, `expect`, `unwrap`). The peer that downloads from
+    // this node sees the connection end and reports `PeerLost`.
     pub(crate) async fn handle_data_channel(
         &self,
         mut channel: <P::Server as ProtocolServer>::Channel,
     ) {
-        log::info!("[Data Handler] New connection for download.");
+        log::debug!("[Data Handler] New connection for download.");
 
         while !self.cancel_token.is_cancelled() {
-            match channel.recv().await {
-                Ok(message) => {
-                    if let Some(msg) = message {
-                        let bytes = msg.data;
-                        let msg: DataServiceMessage = rmp_serde::from_slice(&bytes)
-                            .expect("Can deserialize messages from the websocket.");
-                        let DataServiceMessage::TensorRequest(transfer_id) = msg else {
-                            panic!("Received a message that wasn't a tensor request! {msg:?}");
-                        };
-
-                        let bytes = self.get_exposed_tensor_bytes(transfer_id).await.unwrap();
-
-                        channel.send(Message::new(bytes)).await.unwrap();
-                    } else {
-                        log::info!("Closed connection");
-                        return;
-                    }
+            let bytes = match channel.recv().await {
+                Ok(Some(msg)) => msg.data,
+                Ok(None) => {
+                    log::debug!("Closed connection");
+                    return;
                 }
-                Err(err) => panic!("Failed to receive message from websocket: {err:?}"),
+                Err(err) => {
+                    log::warn!("[Data Service] A peer's connection failed: {err:?}");
+                    return;
+                }
             };
+            let transfer_id = match rmp_serde::from_slice(&bytes) {
+                Ok(DataServiceMessage::TensorRequest(transfer_id)) => transfer_id,
+                _ => {
+                    log::warn!("[Data Service] A peer sent something else than a tensor request");
+                    return;
+                }
+            };
+            let Some(bytes) = self.get_exposed_tensor_bytes(transfer_id).await else {
+                return;
+            };
+            if let Err(err) = channel.send(Message::new(bytes)).await {
+                log::warn!("[Data Service] Cannot send a tensor to a peer: {err:?}");
+                return;
+            }
         }
-        log::info!("[Data Service] Closing connection for download.");
+        log::debug!("[Data Service] Closing connection for download.");
     }
 }

@@ -1,4 +1,7 @@
 //! `config.json` of an export: Hugging Face LLaMA's keys where they exist, castle's own beside.
+//! A baseline export declares itself a LLaMA (`model_type` `llama`, `LlamaForCausalLM`), which
+//! it is, so transformers' `AutoModelForCausalLM` loads it as it is (it ignores castle's keys);
+//! CASTLE and CASTLE-SWL exports declare `castle`, which needs an attention module of its own.
 
 use std::path::Path;
 
@@ -16,9 +19,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Everything needed to rebuild the network from `model.safetensors`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportConfig {
-    /// `["CastleForCausalLM"]`.
+    /// `["LlamaForCausalLM"]` for a baseline, `["CastleForCausalLM"]` for CASTLE(-SWL).
     pub architectures: Vec<String>,
-    /// `"castle"`.
+    /// `"llama"` for a baseline, `"castle"` for CASTLE(-SWL).
     pub model_type: String,
     pub castle_format_version: u32,
     /// `baseline`, `castle` or `castle-swl`.
@@ -45,6 +48,12 @@ pub struct ExportConfig {
     /// `[model] max_seq_len` at export.
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// `false`: no projection has a bias (LLaMA's default, written out).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// `false`: no MLP bias.
+    #[serde(default)]
+    pub mlp_bias: bool,
     /// The baseline's head count at this size (`[model] heads`): CASTLE's
     /// `num_attention_heads` is `round(4/7 parity_heads)` unless `castle_heads` was set.
     pub parity_heads: usize,
@@ -53,11 +62,15 @@ pub struct ExportConfig {
     /// `tokenizer.json` beside this file, when the export carries one.
     pub tokenizer_file: Option<String>,
     pub tokenizer_sha256: Option<String>,
+    /// The tokenizer's end-of-text id, which ends every document; also the `bos_token_id`, as in
+    /// GPT-2 (castle prepends nothing). Without them transformers would assume LLaMA's 1 and 2.
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
 }
 
-/// Keys [`ExportConfig::check_matches`] compares, with the run setting each one comes from.
-const CHECKED: [(&str, &str); 14] = [
-    ("model_type", "format (castle exports only)"),
+/// Keys [`ExportConfig::check_matches`] compares, with the run setting each one comes from
+/// (`model_type` follows `attention`; [`ExportConfig::read`] checks it).
+const CHECKED: [(&str, &str); 13] = [
     ("castle_format_version", "format version"),
     ("attention", "model.attention"),
     ("lookahead_window", "model.window"),
@@ -72,6 +85,14 @@ const CHECKED: [(&str, &str); 14] = [
     ("rope_style", "RoPE form"),
     ("tie_word_embeddings", "model.tie_embeddings"),
 ];
+
+/// `model_type` and architecture of an export: a baseline is a LLaMA, CASTLE is castle's own.
+fn model_type(attention: AttentionKind) -> (&'static str, &'static str) {
+    match attention {
+        AttentionKind::Baseline => ("llama", "LlamaForCausalLM"),
+        AttentionKind::Castle | AttentionKind::CastleSwl => ("castle", "CastleForCausalLM"),
+    }
+}
 
 fn torch_dtype(dtype: DType) -> String {
     match dtype {
@@ -88,9 +109,10 @@ impl ExportConfig {
     pub fn of<B: Backend>(model: &CastleLm<B>, tokenizer_sha256: Option<&str>) -> Self {
         let c = &model.config;
         let heads = c.n_heads();
+        let (model_type, architecture) = model_type(c.attention);
         Self {
-            architectures: vec!["CastleForCausalLM".into()],
-            model_type: "castle".into(),
+            architectures: vec![architecture.into()],
+            model_type: model_type.into(),
             castle_format_version: FORMAT_VERSION,
             attention: c.attention,
             lookahead_window: c.lookahead_window(),
@@ -107,10 +129,14 @@ impl ExportConfig {
             rope_style: "rotate_half".into(),
             max_position_embeddings: c.max_seq_len,
             tie_word_embeddings: c.tie_embeddings,
+            attention_bias: false,
+            mlp_bias: false,
             parity_heads: c.heads,
             torch_dtype: torch_dtype(model.embed.weight.val().dtype()),
             tokenizer_file: tokenizer_sha256.map(|_| super::TOKENIZER_FILE.into()),
             tokenizer_sha256: tokenizer_sha256.map(str::to_string),
+            bos_token_id: None,
+            eos_token_id: None,
         }
     }
 
@@ -154,7 +180,20 @@ impl ExportConfig {
                 format!("cannot read it ({e}); an export directory holds config.json beside model.safetensors"),
             )
         })?;
-        serde_json::from_str(&text).map_err(|e| super::file_error(path, e))
+        let config: Self = serde_json::from_str(&text).map_err(|e| super::file_error(path, e))?;
+        // Baseline exports written before they declared `llama` say `castle`: both are read.
+        let (expected, _) = model_type(config.attention);
+        if config.model_type != expected && config.model_type != "castle" {
+            return Err(super::file_error(
+                path,
+                format!(
+                    "model_type = {:?} with attention = {}: castle reads its own exports, which \
+                     declare {expected:?} for this attention",
+                    config.model_type, config.attention
+                ),
+            ));
+        }
+        Ok(config)
     }
 
     /// Fails on the first key of [`CHECKED`] where this (the file's, read from `path`) differs

@@ -54,7 +54,9 @@ impl<B: Backend> LocalCollectiveClient<B> {
         F: FnOnce(SyncSender<Result<T, CollectiveError>>) -> Message<B>,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.channel.send((builder)(tx)).unwrap();
+        // castle: when the local server is gone, the message (and `tx` in it) is dropped, so
+        // `wait` returns `LocalServerMissing` instead of this thread panicking (was `unwrap`).
+        let _ = self.channel.send((builder)(tx));
         PendingCollectiveOperation { rx }
     }
 

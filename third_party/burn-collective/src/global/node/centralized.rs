@@ -37,11 +37,12 @@ where
                 let device = device.clone();
                 let data_service = data_service.clone();
                 async move {
+                    // castle: a lost peer is an error (`PeerLost`), not a panic (was `expect`).
                     let data = data_service
                         .download_tensor((*address).clone(), 0.into())
                         .await
-                        .expect("Couldn't find the tensor for transfer id 0");
-                    B::float_from_data(data, &device)
+                        .ok_or(GlobalCollectiveError::PeerLost(*id))?;
+                    Ok::<_, GlobalCollectiveError>(B::float_from_data(data, &device))
                 }
             })
             .collect::<FuturesUnordered<_>>();
@@ -49,6 +50,7 @@ where
         // Sum all downloads async
         let mut sum = tensor;
         while let Some(res) = futures.next().await {
+            let res = res?;
             if shape != res.shape() {
                 return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
             }
@@ -68,10 +70,11 @@ where
 
         // Transfer 2: Download result
         let central_addr = nodes.get(&central).unwrap().clone();
+        // castle: as above.
         let data = data_service
             .download_tensor(central_addr, 1.into())
             .await
-            .expect("Couldn't find the tensor for transfer id 1");
+            .ok_or(GlobalCollectiveError::PeerLost(central))?;
 
         let res = B::float_from_data(data, device);
         if shape != res.shape() {

@@ -53,7 +53,8 @@ where
             .collect::<FuturesUnordered<_>>();
 
         for _ in children {
-            let res = downloads.next().await.unwrap().unwrap();
+            // castle: a lost child is an error for the caller, not a panic (`?`, was `unwrap`).
+            let res = downloads.next().await.unwrap()?;
             if res.shape() != shape {
                 return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
             }
