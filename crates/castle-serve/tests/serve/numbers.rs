@@ -5,6 +5,7 @@ use std::thread;
 
 use castle_eval::generate::{generate, SamplingOptions};
 use castle_eval::mc::{encode_pair, ModelScorer, Scorer};
+use castle_model::safetensors::ExportTokenizer;
 use castle_serve::logprobs::token_text;
 use serde_json::{json, Value};
 
@@ -217,7 +218,12 @@ fn an_export_serves_the_checkpoints_numbers() {
     let export = dir.path().join("export");
     let tokenizer = loaded.checkpoint.dir.join("tokenizer.json");
     let sha = loaded.tokenizer.hash_hex();
-    castle_model::safetensors::export(&loaded.model, Some((&tokenizer, &sha)), &export).unwrap();
+    let tokenizer = ExportTokenizer {
+        file: &tokenizer,
+        sha256: &sha,
+        eot_id: loaded.tokenizer.eot_id(),
+    };
+    castle_model::safetensors::export(&loaded.model, Some(tokenizer), &export).unwrap();
     let from_export = Server::start(&export, &[]);
     let from_checkpoint = Server::start(&trained().run("baseline"), &[]);
     for p in prompts() {
