@@ -316,6 +316,8 @@ impl<B: AttentionBackend> Engine<'_, B> {
 
 /// Logits on the host as f32 (the model returns them in the parameters' type, f32).
 fn host<B: AttentionBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
+    // `into_vec` fails only on another element type, which `convert` has just ruled out (a
+    // buffer it cannot take as is, it copies).
     logits
         .into_data()
         .convert::<f32>()
