@@ -1,4 +1,5 @@
-//! Rewriting a damaged shard of castle's own from the corpus it was prepared from, so that a
+//! A run's data: the corpus fetched and prepared into shards ([`prepare_data`]), and a damaged
+//! shard of castle's own rewritten from the corpus it was prepared from, so that a
 //! single-device run stopped by one can go on by itself (a data-parallel run stops: its nodes
 //! would have to repair the same shared folder at once).
 //!
@@ -12,10 +13,41 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use castle_data::manifest::MANIFEST_FILE;
 use castle_data::{DamagedShard, Prepared, ShardKind};
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::checkpoint;
 use crate::config::RunConfig;
-use crate::trainer::prepare_data;
+
+/// Fetches the default corpus when it is the configured source and missing, then prepares
+/// (or reuses) the tokenizer and shards.
+pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
+    let data = &config.data;
+    if data.is_default_source() && !data.source.exists() {
+        info!("default corpus missing: running scripts/fetch_sotu.sh");
+        let status = std::process::Command::new("bash")
+            .arg("scripts/fetch_sotu.sh")
+            .status()
+            .context("cannot run `bash scripts/fetch_sotu.sh` (run castle-train from the repository root)")?;
+        if !status.success() {
+            bail!("scripts/fetch_sotu.sh failed ({status}); see its message above");
+        }
+    }
+    // A run with checkpoints never rebuilds the data they were trained on: prepared data made
+    // with other [data] settings is an error here, not overwritten (a missing or unfinished
+    // folder is still prepared or finished, which loses nothing).
+    let dir = data.out_dir();
+    if !checkpoint::list(&config.run.dir)?.is_empty() && dir.join(MANIFEST_FILE).exists() {
+        let manifest = castle_data::Manifest::load(&dir)?;
+        if !manifest.same_settings(data) {
+            bail!(
+                "{}: this run's checkpoints were trained on data prepared with other [data] settings \
+                 than the config's; resume with the same [data], or set data.dir to another folder",
+                dir.join(MANIFEST_FILE).display()
+            );
+        }
+    }
+    castle_data::prepare(data)
+}
 
 /// The shard `error` reports damaged, when castle-train can rewrite it: castle's own, not
 /// already rewritten in this run (`done`), and the corpus is still at `data.source`.

@@ -27,9 +27,10 @@ use crate::backend::OnBackend;
 use crate::checkpoint::write_atomic;
 use crate::collective::{param_checksum, Peer, Watch};
 use crate::config::RunConfig;
+use crate::data::prepare_data;
 use crate::metrics::Summary;
 use crate::optim::AdamWGroups;
-use crate::trainer::{prepare_data, run_rank, start, Start};
+use crate::trainer::{run_rank, start, Start};
 
 /// Where the ranks of a run are: `devices` per node on `nodes` nodes.
 #[derive(Debug, Clone)]

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
-use castle_data::manifest::MANIFEST_FILE;
 use castle_data::{validation_windows, BatchSampler, Prepared};
 use castle_model::CastleLm;
 use castle_model::TrainBackend;
@@ -23,9 +22,9 @@ use crate::backend::OnBackend;
 use crate::checkpoint::{self, write_atomic, TrainState, FORMAT_VERSION};
 use crate::collective::Peer;
 use crate::config::RunConfig;
+use crate::data::{prepare_data, repairable, rewrite};
 use crate::metrics::{metrics_path, summary_path, MetricsLog, StepMetrics, Summary};
 use crate::optim::AdamWGroups;
-use crate::repair;
 use crate::schedule::learning_rate;
 use crate::step::{train_step, TimeTotals};
 use crate::validation::mean_loss;
@@ -42,37 +41,6 @@ impl OnBackend for Train {
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<Summary> {
         train::<B>(&self.config, self.require_resume, &device)
     }
-}
-
-/// Fetches the default corpus when it is the configured source and missing, then prepares
-/// (or reuses) the tokenizer and shards.
-pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
-    let data = &config.data;
-    if data.is_default_source() && !data.source.exists() {
-        info!("default corpus missing: running scripts/fetch_sotu.sh");
-        let status = std::process::Command::new("bash")
-            .arg("scripts/fetch_sotu.sh")
-            .status()
-            .context("cannot run `bash scripts/fetch_sotu.sh` (run castle-train from the repository root)")?;
-        if !status.success() {
-            bail!("scripts/fetch_sotu.sh failed ({status}); see its message above");
-        }
-    }
-    // A run with checkpoints never rebuilds the data they were trained on: prepared data made
-    // with other [data] settings is an error here, not overwritten (a missing or unfinished
-    // folder is still prepared or finished, which loses nothing).
-    let dir = data.out_dir();
-    if !checkpoint::list(&config.run.dir)?.is_empty() && dir.join(MANIFEST_FILE).exists() {
-        let manifest = castle_data::Manifest::load(&dir)?;
-        if !manifest.same_settings(data) {
-            bail!(
-                "{}: this run's checkpoints were trained on data prepared with other [data] settings \
-                 than the config's; resume with the same [data], or set data.dir to another folder",
-                dir.join(MANIFEST_FILE).display()
-            );
-        }
-    }
-    castle_data::prepare(data)
 }
 
 pub fn train<B: TrainBackend>(
@@ -92,12 +60,12 @@ pub fn train<B: TrainBackend>(
         });
         match run {
             // Without a peer this is rank 0, which always summarizes.
-            Ok(summary) => return Ok(summary.expect("rank 0 summarizes")),
+            Ok(summary) => return summary.context("the run ended without a summary"),
             // A damaged shard of our own, with its corpus at hand: rewritten, then resumed.
-            Err(e) => match repair::repairable(&e, config, &rewritten) {
+            Err(e) => match repairable(&e, config, &rewritten) {
                 Some(shard) => {
                     // `data` maps the damaged file; `rewrite` replaces it.
-                    data = repair::rewrite(&e, &shard, config, data)?;
+                    data = rewrite(&e, &shard, config, data)?;
                     rewritten.push(shard);
                 }
                 None => return Err(e),
