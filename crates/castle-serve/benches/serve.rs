@@ -80,8 +80,6 @@ impl OnBackend for Bench {
             .collect();
         let batches: Vec<&[Vec<u32>]> = prompts.chunks(args.batch_size).collect();
         let options = Options {
-            host: "127.0.0.1".into(),
-            port: 0,
             api_key: None,
             body_limit: 1 << 30,
             batch_tokens: None,

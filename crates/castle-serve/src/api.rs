@@ -291,26 +291,17 @@ pub fn token_ids(items: &[Value], at: String, vocab_size: usize) -> Result<Vec<u
         .collect()
 }
 
-/// A checked `POST /tokenize` body (vLLM's): the text and whether to add special tokens
-/// (castle's tokenizer adds none either way).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenizeRequest {
-    pub prompt: String,
-}
-
-pub fn tokenize(body: &[u8]) -> Result<TokenizeRequest, ApiError> {
+/// The text of a checked `POST /tokenize` body (vLLM's).
+pub fn tokenize(body: &[u8]) -> Result<String, ApiError> {
     #[derive(Deserialize)]
     struct Raw {
         prompt: Option<String>,
-        #[allow(dead_code)] // accepted: castle's tokenizer has no BOS to add
-        add_special_tokens: Option<bool>,
     }
+    // `add_special_tokens` is accepted and changes nothing: castle's tokenizer adds none.
     let object = json_object(body, &["model", "prompt", "add_special_tokens"])?;
     let raw: Raw = typed(object)?;
-    let prompt = raw
-        .prompt
-        .ok_or_else(|| ApiError::invalid("prompt", "`prompt` (a string) is required"))?;
-    Ok(TokenizeRequest { prompt })
+    raw.prompt
+        .ok_or_else(|| ApiError::invalid("prompt", "`prompt` (a string) is required"))
 }
 
 /// A checked `POST /detokenize` body: token ids below `vocab_size`.

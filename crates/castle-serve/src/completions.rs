@@ -30,8 +30,8 @@ pub async fn completions(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     match start(&state, raw) {
-        Ok((request, prompts, events)) => {
-            let mut reply = Reply::new(&state, &request, prompts);
+        Ok((request, prompt_tokens, events)) => {
+            let mut reply = Reply::new(&state, &request, prompt_tokens);
             if request.stream {
                 stream(reply, events).into_response()
             } else {
@@ -45,7 +45,8 @@ pub async fn completions(
     }
 }
 
-type Started = (CompletionRequest, Vec<Vec<u32>>, UnboundedReceiver<Event>);
+/// The checked request, its prompt tokens in all, and where the engine's answers arrive.
+type Started = (CompletionRequest, usize, UnboundedReceiver<Event>);
 
 /// Checks and tokenizes the request and queues it on the engine.
 fn start(state: &AppState, raw: Result<Bytes, BytesRejection>) -> Result<Started, ApiError> {
@@ -88,10 +89,11 @@ fn start(state: &AppState, raw: Result<Bytes, BytesRejection>) -> Result<Started
         prompts.push(tokens);
     }
     let seed = request.seed.unwrap_or_else(rand::random);
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let sequences = prompts
-        .iter()
+        .into_iter()
         .map(|prompt| Sequence {
-            prompt: prompt.clone(),
+            prompt,
             max_tokens: request.max_tokens,
             sampling: SamplingOptions {
                 temperature: request.temperature,
@@ -109,14 +111,15 @@ fn start(state: &AppState, raw: Result<Bytes, BytesRejection>) -> Result<Started
         .jobs
         .send(Job { sequences, events })
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"))?;
-    Ok((request, prompts, receiver))
+    Ok((request, prompt_tokens, receiver))
 }
 
 /// One prompt's answer as it builds up.
 struct Choice {
     /// The prompt (with `echo`), then the completion.
     text: String,
-    /// Token, log-probabilities, for every position `logprobs` reports.
+    /// Token, log-probabilities, for every position `logprobs` reports (gathered for the whole
+    /// object; a stream sends them as they come).
     positions: Vec<(u32, Option<Scored>)>,
     /// Where the next reported token starts in `text`, in characters.
     offset: usize,
@@ -137,7 +140,7 @@ struct Reply {
 }
 
 impl Reply {
-    fn new(state: &AppState, request: &CompletionRequest, prompts: Vec<Vec<u32>>) -> Self {
+    fn new(state: &AppState, request: &CompletionRequest, prompt_tokens: usize) -> Self {
         let n = state.requests.fetch_add(1, Ordering::Relaxed);
         let tokenizer = state.tokenizer.clone();
         let choices = request
@@ -177,18 +180,16 @@ impl Reply {
             tokenizer,
             logprobs: request.logprobs.is_some(),
             stream_usage: request.stream_usage,
-            prompt_tokens: prompts.iter().map(Vec::len).sum(),
+            prompt_tokens,
             choices,
         }
     }
 
-    /// Applies one engine event; returns the choice index, the text and the positions it added.
+    /// Applies one engine event to its choice's text and counts; returns the choice index, the
+    /// text and the positions (token, log-probabilities) it added.
     fn apply(&mut self, event: Event) -> (usize, String, Vec<(u32, Option<Scored>)>) {
         match event {
-            Event::Prompt { index, positions } => {
-                self.choices[index].positions.extend(positions.clone());
-                (index, String::new(), positions)
-            }
+            Event::Prompt { index, positions } => (index, String::new(), positions),
             Event::Token {
                 index,
                 token,
@@ -198,11 +199,7 @@ impl Reply {
                 let choice = &mut self.choices[index];
                 choice.completion_tokens += 1;
                 choice.text.push_str(&text);
-                let positions = vec![(token, scored)];
-                if self.logprobs {
-                    choice.positions.extend(positions.clone());
-                }
-                (index, text, positions)
+                (index, text, vec![(token, scored)])
             }
             Event::Done {
                 index,
@@ -225,7 +222,10 @@ impl Reply {
     async fn collect(&mut self, mut events: UnboundedReceiver<Event>) -> Result<(), ApiError> {
         while !self.finished() {
             let event = events.recv().await.ok_or_else(stopped)?;
-            self.apply(event);
+            let (index, _, positions) = self.apply(event);
+            if self.logprobs {
+                self.choices[index].positions.extend(positions);
+            }
         }
         Ok(())
     }
@@ -351,7 +351,6 @@ fn stream(
         let out = match events.recv().await {
             Some(event) => {
                 let (index, text, positions) = reply.apply(event);
-                reply.choices[index].positions.clear();
                 let finish = reply.choices[index].finish;
                 let logprobs = if reply.logprobs && !positions.is_empty() {
                     reply.logprobs_object(index, &positions)

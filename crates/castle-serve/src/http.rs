@@ -129,10 +129,10 @@ async fn tokenize(
     State(state): State<Arc<AppState>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let request = api::tokenize(&body(raw)?)?;
+    let prompt = api::tokenize(&body(raw)?)?;
     let tokens = state
         .tokenizer
-        .encode(&request.prompt)
+        .encode(&prompt)
         .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
     Ok(Json(json!({
         "count": tokens.len(),

@@ -29,12 +29,9 @@ use crate::engine::Engine;
 use crate::http::{router, AppState};
 use crate::model::Served;
 
-/// How the server listens and batches.
+/// Who may call the server and how it batches.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub host: String,
-    /// 0 picks a free port (printed at start).
-    pub port: u16,
     pub api_key: Option<String>,
     /// Request bodies over this many bytes get a 413.
     pub body_limit: usize,

@@ -57,8 +57,6 @@ fn run(args: Args) -> Result<()> {
     let source = Source::find(&args.ckpt, args.best)?;
     let kind = args.backend.unwrap_or(source.default_backend());
     let options = Options {
-        host: args.host,
-        port: args.port,
         api_key: args
             .api_key
             .or_else(|| std::env::var("CASTLE_API_KEY").ok())
@@ -66,11 +64,22 @@ fn run(args: Args) -> Result<()> {
         body_limit: args.max_body_bytes,
         batch_tokens: args.max_batch_tokens,
     };
-    dispatch(kind, Job { source, options })
+    let (host, port) = (args.host, args.port);
+    dispatch(
+        kind,
+        Job {
+            source,
+            host,
+            port,
+            options,
+        },
+    )
 }
 
 struct Job {
     source: Source,
+    host: String,
+    port: u16,
     options: Options,
 }
 
@@ -78,7 +87,7 @@ impl OnBackend for Job {
     type Output = ();
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<()> {
         let served = Served::<B::InnerBackend>::load(self.source, &device)?;
-        let listening = castle_serve::bind(&self.options.host, self.options.port)?;
+        let listening = castle_serve::bind(&self.host, self.port)?;
         println!("castle-serve: listening on http://{}", listening.address);
         std::io::stdout().flush()?;
         castle_serve::serve(&served, device, &self.options, listening, shutdown_signal())
