@@ -65,11 +65,10 @@ build)
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/castle-target}" CARGO_INCREMENTAL=0
     export CUDARC_CUDA_VERSION=13000
     rm -rf "$bin" && mkdir -p "$bin"
-    for t in cube_kernels cube_castle fusion; do
-        exe=$(cargo test --release -p castle-model --features cuda --test "$t" --no-run --message-format=json \
-            | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
-        cp "$exe" "$bin/$t"
-    done
+    # castle-model's test binary (tests/model); the run stage picks its GPU modules by name.
+    exe=$(cargo test --release -p castle-model --features cuda --test model --no-run --message-format=json \
+        | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+    cp "$exe" "$bin/model"
     cargo build --release -p castle-train --features cuda --bin castle-train
     cp "$CARGO_TARGET_DIR/release/castle-train" "$bin/"
     cargo build --release -p castle-bench --features cuda --bin castle-bench
@@ -90,10 +89,10 @@ run)
     backend="${BACKEND:-cuda}"
     if [ -z "${DRY:-}" ]; then
         for t in cube_kernels cube_castle fusion; do
-            stage "test-$t" "${TEST_LIMIT:-150}" "$bin/$t" --test-threads 1
+            stage "test-$t" "${TEST_LIMIT:-150}" "$bin/model" "$t::" --test-threads 1
         done
     fi
-    # The paper's S shape (spec section 6) at L = 2048, micro-batch 16: its memory estimate,
+    # The paper's S shape (docs/castle.md, section 6) at L = 2048, micro-batch 16: its memory estimate,
     # then a few steps of each attention (log_every 1: every step's tokens/s).
     train=("$bin/castle-train" --config configs/small.toml ${DRY:-} --set backend.kind=\"$backend\")
     s_shape=(--set model.layers=12 --set model.d_model=896 --set model.heads=14 --set model.head_dim=64

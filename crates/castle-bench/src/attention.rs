@@ -10,8 +10,7 @@ use castle_model::attention::lookahead::{
 };
 use castle_model::TrainBackend;
 
-use crate::report::yes;
-use crate::stats::{measure, median, median_usize, mib};
+use crate::stats::{measure, median, median_usize, mib, yes};
 use crate::{BackendKind, Options, Report};
 
 /// One attention computation of table 1.

@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use castle_model::{AttentionBackend, AttentionKind, CastleLm, ModelConfig};
 
-use crate::report::yes;
-use crate::stats::median;
+use crate::stats::{median, yes};
 use crate::{alloc, model_config, random_tokens, BackendKind, Options, Report, KINDS};
 
 #[derive(Debug, Clone)]

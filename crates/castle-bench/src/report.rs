@@ -4,14 +4,6 @@ use std::fmt::Write as _;
 
 use crate::{attention, decode, train, Options, Report};
 
-pub(crate) fn yes(ok: bool) -> &'static str {
-    if ok {
-        "**met**"
-    } else {
-        "**not met**"
-    }
-}
-
 /// The report as Markdown.
 pub fn markdown(report: &Report, opts: &Options) -> String {
     let mut md = String::new();

@@ -10,8 +10,7 @@ use castle_train::config::TrainConfig;
 use castle_train::optim::AdamWGroups;
 use castle_train::step::{train_step, StepTimes};
 
-use crate::report::yes;
-use crate::stats::{cpu_seconds, measure, median, median_usize, mib};
+use crate::stats::{cpu_seconds, measure, median, median_usize, mib, yes};
 use crate::{alloc, model_config, random_ids, BackendKind, ModelShape, Options, Report, KINDS};
 
 #[derive(Debug, Clone)]

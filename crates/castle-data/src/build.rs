@@ -22,13 +22,21 @@ use crate::config::{DataConfig, InputFormat};
 use crate::corpus::{for_each_document, list_files};
 use crate::holdout::{check_holdout, train_tokenizer, Holdout};
 use crate::manifest::{Manifest, ShardEntry, ShardKind, MANIFEST_FILE, TOKENIZER_FILE};
-use crate::prepare::{open_entry, Timing};
 use crate::shard::{Shard, TokenDtype};
 use crate::tokenizer::Tok;
 use crate::writer::{BlockCrcs, ShardWriter};
 
 /// Text bytes per chunk handed from the reader to the tokenizer.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// Wall-clock seconds of a build (or of the part a resumed build still had to do).
+#[derive(Clone, Debug, Default)]
+pub struct Timing {
+    /// Sampling the training documents and training the BPE (0 when it existed or was given).
+    pub tokenizer_s: f64,
+    /// Streaming, tokenizing and writing the shards.
+    pub tokenize_s: f64,
+}
 
 /// Builds or finishes the output for `cfg`; returns the tokenizer time of a fresh build.
 pub fn build(cfg: &DataConfig) -> Result<Timing> {
@@ -84,7 +92,7 @@ fn resumable(cfg: &DataConfig, dir: &Path) -> Option<(Tok, Manifest)> {
         let good = split
             .shards
             .iter()
-            .take_while(|e| open_entry(dir, e).is_ok())
+            .take_while(|e| Shard::open_entry(dir, e).is_ok())
             .count();
         split.truncate(good);
     }

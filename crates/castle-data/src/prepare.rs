@@ -11,21 +11,12 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::build::build;
+use crate::build::{build, Timing};
 use crate::config::DataConfig;
 use crate::dataset::ShardSet;
 use crate::manifest::{Manifest, ShardKind, SplitStats, MANIFEST_FILE, TOKENIZER_FILE};
-use crate::shard::{damaged, Shard};
+use crate::shard::Shard;
 use crate::tokenizer::Tok;
-
-/// Wall-clock seconds of a build (or of the part a resumed build still had to do).
-#[derive(Clone, Debug, Default)]
-pub struct Timing {
-    /// Sampling the training documents and training the BPE (0 when it existed or was given).
-    pub tokenizer_s: f64,
-    /// Streaming, tokenizing and writing the shards.
-    pub tokenize_s: f64,
-}
 
 /// An opened prepared folder: its tokenizer and both splits, memory-mapped.
 #[derive(Debug)]
@@ -119,7 +110,7 @@ fn open_split(dir: &std::path::Path, split: &SplitStats, tok: &Tok) -> Result<Sh
         .shards
         .iter()
         .map(|entry| {
-            let shard = open_entry(dir, entry)?;
+            let shard = Shard::open_entry(dir, entry)?;
             if entry.kind == ShardKind::Castle {
                 shard.check_tokenizer(&tok.hash())?;
             }
@@ -127,27 +118,6 @@ fn open_split(dir: &std::path::Path, split: &SplitStats, tok: &Tok) -> Result<Sh
         })
         .collect::<Result<Vec<_>>>()?;
     ShardSet::new(shards)
-}
-
-/// Maps one shard of the manifest; errors unless its header agrees with the entry.
-pub(crate) fn open_entry(dir: &std::path::Path, entry: &crate::ShardEntry) -> Result<Shard> {
-    let path = Manifest::shard_path(dir, entry);
-    let shard = match entry.kind {
-        ShardKind::Castle => Shard::open_header(&path)?,
-        ShardKind::Llmc => Shard::open_llmc(&path)?,
-    };
-    if shard.len() as u64 != entry.tokens {
-        return Err(damaged(
-            &path,
-            entry.kind,
-            format!(
-                "{} tokens, {MANIFEST_FILE} says {}",
-                shard.len(),
-                entry.tokens
-            ),
-        ));
-    }
-    Ok(shard)
 }
 
 /// The first 12 hex digits of the manifest's tokenizer hash, for display.

@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::TokenSource;
+use crate::source::TokenSource;
 
 /// Everything needed to resume a [`BatchSampler`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

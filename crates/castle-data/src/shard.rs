@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
-use crate::dataset::{window_end, TokenSource};
-use crate::manifest::ShardKind;
+use crate::manifest::{Manifest, ShardEntry, ShardKind, MANIFEST_FILE};
+use crate::source::{window_end, TokenSource};
 use crate::tokenizer::hex;
 
 /// First 8 bytes of every shard.
@@ -177,6 +177,27 @@ fn check_length(path: &Path, kind: ShardKind, len: usize, count: u64, width: usi
 }
 
 impl Shard {
+    /// Maps one shard of the manifest; errors unless its header agrees with the entry.
+    pub(crate) fn open_entry(dir: &Path, entry: &ShardEntry) -> Result<Shard> {
+        let path = Manifest::shard_path(dir, entry);
+        let shard = match entry.kind {
+            ShardKind::Castle => Shard::open_header(&path)?,
+            ShardKind::Llmc => Shard::open_llmc(&path)?,
+        };
+        if shard.len() as u64 != entry.tokens {
+            return Err(damaged(
+                &path,
+                entry.kind,
+                format!(
+                    "{} tokens, {MANIFEST_FILE} says {}",
+                    shard.len(),
+                    entry.tokens
+                ),
+            ));
+        }
+        Ok(shard)
+    }
+
     /// Maps and fully verifies a shard (header, length and checksum).
     /// Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {

@@ -2,6 +2,7 @@
 //! burn's autodiff graph really keeps after a forward pass on `Flex`, counted by a global
 //! allocator, in f32 and bf16. One test in its own binary, so no other test allocates while it counts.
 
+#[path = "model/common/mod.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

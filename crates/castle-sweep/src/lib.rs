@@ -7,6 +7,7 @@
 
 pub mod plots;
 pub mod report;
+pub mod results;
 
 use std::path::{Path, PathBuf};
 

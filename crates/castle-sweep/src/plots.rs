@@ -3,7 +3,7 @@
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::report::{by_kind, CellResult};
+use crate::results::{by_kind, CellResult};
 
 const KINDS: [(&str, RGBColor); 3] = [
     ("baseline", RGBColor(31, 119, 180)),

@@ -1,58 +1,20 @@
-//! The sweep's results: `results.csv`, `results.md` and the plots, from finished cells.
+//! The sweep's report: `results.csv`, `results.md` and the plots, rewritten from the finished cells.
 
 use std::fmt::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use castle_train::checkpoint::write_atomic;
-use castle_train::metrics::{read_metrics, summary_path, Summary};
 
-use crate::Cell;
-
-#[derive(Debug, Clone)]
-pub struct CellResult {
-    pub size: String,
-    pub kind: String,
-    pub seed: u64,
-    pub summary: Summary,
-    /// Mean training throughput over the logged steps.
-    pub tokens_per_s: f64,
-    /// (tokens, validation loss) at every validation step.
-    pub curve: Vec<(u64, f64)>,
-}
-
-/// Results of the finished cells, in grid order.
-pub fn collect(cells: &[Cell]) -> Result<Vec<CellResult>> {
-    let mut out = vec![];
-    for cell in cells.iter().filter(|c| c.is_finished()) {
-        let dir = &cell.config.run.dir;
-        let path = summary_path(dir);
-        let summary: Summary = serde_json::from_slice(&std::fs::read(&path)?)
-            .with_context(|| format!("{} is corrupt", path.display()))?;
-        let metrics = read_metrics(&dir.join("metrics.jsonl"))?;
-        let speeds: Vec<f64> = metrics.iter().map(|m| m.tokens_per_s).collect();
-        out.push(CellResult {
-            size: cell.size.clone(),
-            kind: cell.kind.to_string(),
-            seed: cell.seed,
-            summary,
-            tokens_per_s: speeds.iter().sum::<f64>() / speeds.len().max(1) as f64,
-            curve: metrics
-                .iter()
-                .filter_map(|m| m.val_loss.map(|v| (m.tokens, v)))
-                .collect(),
-        });
-    }
-    Ok(out)
-}
+use crate::results::{by_kind, first_seen, paired_with_baseline, CellResult};
 
 pub fn csv(results: &[CellResult]) -> String {
-    let mut s = String::from("size,kind,seed,params,non_embedding_params,tokens,final_val_loss,final_val_ppl,best_val_loss,best_val_ppl,tokens_per_s\n");
+    let mut s = String::from("size,kind,seed,params,non_embedding_params,tokens,final_val_loss,final_val_ppl,best_val_loss,best_val_ppl,tokens_per_s,wall_time_s\n");
     for r in results {
         let m = &r.summary;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{:.5},{:.4},{:.5},{:.4},{:.1}",
+            "{},{},{},{},{},{},{:.5},{:.4},{:.5},{:.4},{:.1},{:.1}",
             r.size,
             r.kind,
             r.seed,
@@ -63,55 +25,22 @@ pub fn csv(results: &[CellResult]) -> String {
             m.final_val_ppl,
             m.best_val_loss,
             m.best_val_ppl,
-            r.tokens_per_s
+            r.tokens_per_s,
+            m.wall_time_s
         );
     }
     s
 }
 
-/// Distinct values in order of first appearance.
-pub fn first_seen<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut out: Vec<&str> = vec![];
-    for v in values {
-        if !out.contains(&v) {
-            out.push(v);
-        }
-    }
-    out
-}
-
-/// Mean and spread (max - min) of the final validation loss over seeds, per (size, kind).
-pub fn by_kind(results: &[CellResult], size: &str) -> Vec<(String, f64, f64, usize)> {
-    first_seen(
-        results
-            .iter()
-            .filter(|r| r.size == size)
-            .map(|r| r.kind.as_str()),
-    )
-    .into_iter()
-    .map(|kind| {
-        let losses: Vec<f64> = results
-            .iter()
-            .filter(|r| r.size == size && r.kind == kind)
-            .map(|r| r.summary.final_val_loss)
-            .collect();
-        let mean = losses.iter().sum::<f64>() / losses.len() as f64;
-        let spread = losses.iter().cloned().fold(f64::MIN, f64::max)
-            - losses.iter().cloned().fold(f64::MAX, f64::min);
-        (kind.to_string(), mean, spread, losses.len())
-    })
-    .collect()
-}
-
 pub fn markdown(results: &[CellResult]) -> String {
     let mut s = String::from(
-        "| size | kind | seed | params | non-emb. | tokens | final val loss | final val ppl | best val ppl | tokens/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| size | kind | seed | params | non-emb. | tokens | final val loss | final val ppl | best val ppl | tokens/s | wall time |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let m = &r.summary;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.2} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.2} | {:.2} | {:.0} | {:.1} min |",
             r.size,
             r.kind,
             r.seed,
@@ -121,7 +50,8 @@ pub fn markdown(results: &[CellResult]) -> String {
             m.final_val_loss,
             m.final_val_ppl,
             m.best_val_ppl,
-            r.tokens_per_s
+            r.tokens_per_s,
+            m.wall_time_s / 60.0
         );
     }
     let sizes = first_seen(results.iter().map(|r| r.size.as_str()));
@@ -164,6 +94,20 @@ pub fn markdown(results: &[CellResult]) -> String {
                     "; {} - baseline = {diff:+.4} ({verdict} the seed spread {spread:.4})",
                     k.0
                 );
+                let paired = paired_with_baseline(results, size, &k.0);
+                if !paired.is_empty() {
+                    let by_seed: Vec<String> = paired
+                        .iter()
+                        .map(|(seed, d)| format!("s{seed} {d:+.4}"))
+                        .collect();
+                    let lower = paired.iter().filter(|(_, d)| *d < 0.0).count();
+                    let _ = write!(
+                        s,
+                        ", seed by seed {} (lower in {lower} of {})",
+                        by_seed.join(", "),
+                        paired.len()
+                    );
+                }
             }
         }
         s.push('\n');

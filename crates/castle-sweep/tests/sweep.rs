@@ -69,8 +69,26 @@ set = ["model.d_model=48", "model.heads=6"]
         csv.lines().nth(1).unwrap().starts_with("a,baseline,1,"),
         "{csv}"
     );
+    assert!(csv.starts_with("size,") && csv.lines().next().unwrap().ends_with(",wall_time_s"));
     let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
     assert!(md.contains("- **b**:") && md.contains("Lowest:"), "{md}");
+    // The paired difference, seed by seed, from the csv's final validation losses.
+    let loss = |cell: &str| -> f64 {
+        let row = csv.lines().find(|l| l.starts_with(cell)).unwrap();
+        row.split(',').nth(6).unwrap().parse().unwrap()
+    };
+    let line_b = md.lines().find(|l| l.starts_with("- **b**:")).unwrap();
+    let (_, by_seed) = line_b.split_once("seed by seed ").expect(line_b);
+    for seed in [1, 2] {
+        let d = loss(&format!("b,castle,{seed},")) - loss(&format!("b,baseline,{seed},"));
+        let (_, rest) = by_seed.split_once(&format!("s{seed} ")).expect(by_seed);
+        let shown: f64 = rest.split([',', ' ']).next().unwrap().parse().unwrap();
+        assert!(
+            (shown - d).abs() < 2e-4,
+            "s{seed}: {shown} shown, {d} from the csv"
+        );
+    }
+    assert!(by_seed.contains(" of 2)"), "{line_b}");
     for svg in ["curves.svg", "scaling.svg"] {
         let text = std::fs::read_to_string(dir.join(svg)).unwrap();
         assert!(text.contains("<svg") && text.contains("castle"), "{svg}");

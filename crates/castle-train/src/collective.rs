@@ -10,14 +10,14 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorPrimitive;
 use burn_collective::{all_reduce, CollectiveError, PeerId, ReduceOperation};
-use castle_model::CastleLm;
+use castle_model::{CastleLm, TrainBackend};
 
 /// Elements per all-reduce call (64 MiB of `f32`): under WebSocket's frame limit, and few calls.
 const BUCKET: usize = 16 << 20;
@@ -222,4 +222,31 @@ pub fn param_checksum<B: Backend>(model: &CastleLm<B>) -> [f32; 2] {
     model.visit(&mut sums);
     let read = |parts: Vec<Tensor<B, 1>>| Tensor::cat(parts, 0).sum().into_scalar().elem::<f32>();
     [read(sums.0), read(sums.1)]
+}
+
+/// Fails unless every rank is at step `step` with the same parameters as rank 0 (at the start
+/// and at the end of a run).
+pub(crate) fn check_same_model<B: TrainBackend>(
+    peer: &Peer,
+    model: &CastleLm<B>,
+    step: usize,
+    device: &B::Device,
+) -> Result<()> {
+    let [sum, sum_sq] = param_checksum(model);
+    let all =
+        peer.gather::<B::InnerBackend>(&[step as f32, sum, sum_sq], "the model check", device)?;
+    for (rank, row) in all.iter().enumerate() {
+        if row != &all[0] {
+            bail!(
+                "rank {rank} is at step {} with parameter sums {:?}, rank 0 at step {} with {:?}: \
+                 the ranks do not hold the same model. On several nodes run.dir must be storage \
+                 that every node reads, so that all resume from the same checkpoint",
+                row[0],
+                &row[1..],
+                all[0][0],
+                &all[0][1..]
+            );
+        }
+    }
+    Ok(())
 }

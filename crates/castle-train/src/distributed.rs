@@ -20,12 +20,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::module::Module;
 use burn::tensor::backend::{Backend, Device as _, DeviceId};
 use burn_collective::{finish_collective, register, CollectiveConfig, PeerId};
-use castle_model::{CastleLm, TrainBackend};
+use castle_model::TrainBackend;
 use tracing::{info, warn};
 
 use crate::backend::OnBackend;
 use crate::checkpoint::write_atomic;
-use crate::collective::{param_checksum, Peer, Watch};
+use crate::collective::{check_same_model, Peer, Watch};
 use crate::config::RunConfig;
 use crate::data::prepare_data;
 use crate::metrics::Summary;
@@ -338,33 +338,6 @@ fn register_all<B: TrainBackend>(
         }
     }
     info!("joined: all {} ranks", launch.world());
-    Ok(())
-}
-
-/// Fails unless every rank is at step `step` with the same parameters as rank 0 (at the start
-/// and at the end of a run).
-pub(crate) fn check_same_model<B: TrainBackend>(
-    peer: &Peer,
-    model: &CastleLm<B>,
-    step: usize,
-    device: &B::Device,
-) -> Result<()> {
-    let [sum, sum_sq] = param_checksum(model);
-    let all =
-        peer.gather::<B::InnerBackend>(&[step as f32, sum, sum_sq], "the model check", device)?;
-    for (rank, row) in all.iter().enumerate() {
-        if row != &all[0] {
-            bail!(
-                "rank {rank} is at step {} with parameter sums {:?}, rank 0 at step {} with {:?}: \
-                 the ranks do not hold the same model. On several nodes run.dir must be storage \
-                 that every node reads, so that all resume from the same checkpoint",
-                row[0],
-                &row[1..],
-                all[0][0],
-                &all[0][1..]
-            );
-        }
-    }
     Ok(())
 }
 

@@ -279,7 +279,7 @@ pub(crate) fn run_rank<B: TrainBackend>(
     }
     progress.finish_and_clear();
     if let Some(peer) = peer {
-        crate::distributed::check_same_model(peer, &model, state.step, device)?;
+        crate::collective::check_same_model(peer, &model, state.step, device)?;
     }
     if !lead {
         return Ok(None);

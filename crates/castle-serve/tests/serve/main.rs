@@ -2,7 +2,7 @@
 //! the `castle-serve` binary on an ephemeral port of 127.0.0.1, and a real HTTP client (ureq).
 //! Numbers are compared with castle-eval's own log-likelihood and greedy generation.
 
-#[path = "../../../castle-train/tests/common/corpus.rs"]
+#[path = "../../../castle-train/tests/train/common/corpus.rs"]
 mod corpus;
 
 mod api;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use castle_sweep::{report, Sweep};
+use castle_sweep::{report, results, Sweep};
 use castle_train::backend::dispatch_training;
 use castle_train::trainer::Train;
 use clap::Parser;
@@ -53,12 +53,12 @@ fn run(args: Args) -> Result<()> {
             };
             let summary = dispatch_training(&cell.config.backend, train)?;
             info!("cell {}: val ppl {:.3}", cell.name(), summary.final_val_ppl);
-            report::write(&sweep.dir, &report::collect(&cells)?)?;
+            report::write(&sweep.dir, &results::collect(&cells)?)?;
         }
     }
-    let results = report::collect(&cells)?;
-    report::write(&sweep.dir, &results)?;
-    print!("{}", report::markdown(&results));
+    let finished = results::collect(&cells)?;
+    report::write(&sweep.dir, &finished)?;
+    print!("{}", report::markdown(&finished));
     println!("report: {}", sweep.dir.join("results.md").display());
     Ok(())
 }
