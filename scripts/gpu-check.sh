@@ -65,10 +65,10 @@ build)
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/castle-target}" CARGO_INCREMENTAL=0
     export CUDARC_CUDA_VERSION=13000
     rm -rf "$bin" && mkdir -p "$bin"
-    # castle-model's test binary (tests/model); the run stage picks its GPU modules by name.
-    exe=$(cargo test --release -p castle-model --features cuda --test model --no-run --message-format=json \
+    # castle-kernels' test binary (tests/kernels); the run stage picks its GPU modules by name.
+    exe=$(cargo test --release -p castle-kernels --features cuda --test kernels --no-run --message-format=json \
         | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
-    cp "$exe" "$bin/model"
+    cp "$exe" "$bin/kernels"
     cargo build --release -p castle-train --features cuda --bin castle-train
     cp "$CARGO_TARGET_DIR/release/castle-train" "$bin/"
     cargo build --release -p castle-bench --features cuda --bin castle-bench
@@ -89,7 +89,7 @@ run)
     backend="${BACKEND:-cuda}"
     if [ -z "${DRY:-}" ]; then
         for t in cube_kernels cube_castle fusion; do
-            stage "test-$t" "${TEST_LIMIT:-150}" "$bin/model" "$t::" --test-threads 1
+            stage "test-$t" "${TEST_LIMIT:-150}" "$bin/kernels" "$t::" --test-threads 1
         done
     fi
     # The paper's S shape (docs/castle.md, section 6) at L = 2048, micro-batch 16: its memory estimate,

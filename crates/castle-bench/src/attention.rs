@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use castle_model::attention::baseline::causal_attention;
-use castle_model::attention::lookahead::{
+use castle_kernels::reference::causal_attention;
+use castle_kernels::reference::{
     attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads,
 };
 use castle_model::TrainBackend;
@@ -18,7 +18,7 @@ use crate::{BackendKind, Options, Report};
 pub enum Form {
     /// Causal softmax attention in burn tensor ops.
     Baseline,
-    /// The fused causal softmax kernel (`castle_model::kernels`).
+    /// The fused causal softmax kernel (`castle_kernels::host`).
     BaselineFused { block: usize },
     /// CASTLE by Theorem 1 in burn tensor ops, O(L^3).
     Naive,
@@ -98,7 +98,7 @@ fn chunked_lookahead_flops(l: usize, d: usize, block: usize) -> f64 {
 }
 
 /// The products of the fused kernels, forward + backward; `lookahead` is `None` for the
-/// baseline, `Some(window)` for CASTLE (see `castle_model::kernels::lookahead` for the list).
+/// baseline, `Some(window)` for CASTLE (see `castle_kernels::host::lookahead` for the list).
 fn fused_flops(l: usize, d: usize, block: usize, lookahead: Option<Option<usize>>) -> f64 {
     let bs = block.clamp(1, l);
     let n = l.div_ceil(bs);

@@ -3,11 +3,12 @@
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::kernels::linear::fused_project;
-use crate::kernels::rmsnorm::RmsNormRows;
-use crate::kernels::swiglu::SwiGluGate;
-use crate::kernels::AttentionBackend;
-use crate::precision::{project, to_dtype};
+use castle_kernels::host::linear::fused_project;
+use castle_kernels::host::rmsnorm::RmsNormRows;
+use castle_kernels::host::swiglu::SwiGluGate;
+use castle_kernels::precision::{project, to_dtype};
+use castle_kernels::reference::silu;
+use castle_kernels::AttentionBackend;
 
 /// A bias-free linear layer with the GPT-2 initialisation N(0, std).
 pub fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
@@ -93,15 +94,4 @@ impl<B: AttentionBackend> SwiGlu<B> {
         let h = B::host_op(SwiGluGate, [g.reshape([-1]), u.reshape([-1])]);
         fused_project(&self.down, h.reshape(dims))
     }
-}
-
-/// `sigmoid(x) = (1 + tanh(x/2)) / 2`: exact in the backend's float type (burn's default
-/// `sigmoid` rounds through f32) and stable, with a stable gradient, at both tails.
-pub fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    (x * 0.5).tanh() * 0.5 + 0.5
-}
-
-/// `SiLU(x) = x sigmoid(x)`.
-pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    x.clone() * sigmoid(x)
 }

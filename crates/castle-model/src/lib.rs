@@ -1,19 +1,16 @@
 //! The model: CASTLE attention (arXiv 2509.07301), the baseline causal attention it is compared
-//! with, and the LLaMA-style decoder both plug into. Generic over any burn backend that implements [`AttentionBackend`].
+//! with, and the LLaMA-style decoder both plug into. Generic over any burn backend that implements
+//! [`AttentionBackend`]; the kernels live below, in `castle-kernels`.
 //!
 //! Tensor layout inside attention is `[batch, heads, len, head_dim]`, rows are positions.
 
 pub mod attention;
 pub mod config;
-pub mod kernels;
 pub mod layers;
 pub mod lm;
-pub mod memory;
-pub mod precision;
-pub mod rope;
 pub mod safetensors;
 
 pub use attention::{AttentionCache, AttentionPath};
+pub use castle_kernels::{AttentionBackend, DeviceAttention, TrainBackend};
 pub use config::{AttentionKind, ConfigError, ModelConfig, ParamSummary};
-pub use kernels::{AttentionBackend, DeviceAttention, TrainBackend};
 pub use lm::{CastleLm, LmCache};

@@ -7,14 +7,15 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::DType;
 
+use castle_kernels::host::cross_entropy::CrossEntropyRows;
+use castle_kernels::host::lm_loss::LmHeadLoss;
+use castle_kernels::precision::{project, to_dtype};
+use castle_kernels::rope::{Rope, RopeTables};
+use castle_kernels::AttentionBackend;
+
 use crate::attention::{AttentionCache, AttentionPath, CastleAttention, CausalSelfAttention};
 use crate::config::{AttentionKind, ModelConfig};
-use crate::kernels::cross_entropy::CrossEntropyRows;
-use crate::kernels::lm_loss::LmHeadLoss;
-use crate::kernels::AttentionBackend;
 use crate::layers::{linear, RmsNorm, SwiGlu};
-use crate::precision::{project, to_dtype};
-use crate::rope::{Rope, RopeTables};
 
 const NORM_EPS: f64 = 1e-5;
 
@@ -44,7 +45,7 @@ pub struct CastleLm<B: Backend> {
     /// RoPE's cos/sin tables of every position, computed once.
     #[module(skip)]
     pub rope: Rope,
-    /// The float type of the forward pass (`crate::precision`); `None`: the parameters' own.
+    /// The float type of the forward pass (`castle_kernels::precision`); `None`: the parameters' own.
     #[module(skip)]
     pub compute_dtype: Option<DType>,
 }

@@ -30,15 +30,19 @@
 //! | `lm_head.weight` | `[V, D]` | only when `tie_word_embeddings` is false |
 //!
 //! Rows of a projection are head-major (`head * head_dim + j`), as in LLaMA; RoPE is the
-//! "rotate half" form of Hugging Face's LLaMA, applied to `q, k, uq, uk` (see [`crate::rope`]).
+//! "rotate half" form of Hugging Face's LLaMA, applied to `q, k, uq, uk` (see [`castle_kernels::rope`]).
 
 mod config;
+mod error;
 mod layout;
 
-pub use config::ExportConfig;
+pub use config::{ExportConfig, TOKENIZER_FILE};
+pub use error::SafetensorsError;
+
+use error::file_error;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::*;
 use burn_store::{
@@ -50,7 +54,6 @@ use crate::lm::CastleLm;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// burn module path -> file name; the reverse of [`TO_BURN`].
 const TO_PYTORCH: [(&str, &str); 6] = [
@@ -89,32 +92,6 @@ const TO_BURN: [(&str, &str); 6] = [
     ),
     (r"^model\.norm\.weight$", "norm.gamma"),
 ];
-
-/// An export or import that failed; every message names the file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum SafetensorsError {
-    #[error("{}: {message}", path.display())]
-    File { path: PathBuf, message: String },
-    #[error(
-        "{}: {field} = {file} in the file, but the run's {key} gives {run}; \
-         set {key} to match the file (or export a model of this shape)",
-        path.display()
-    )]
-    Mismatch {
-        path: PathBuf,
-        field: &'static str,
-        key: &'static str,
-        file: String,
-        run: String,
-    },
-}
-
-fn file_error(path: &Path, message: impl std::fmt::Display) -> SafetensorsError {
-    SafetensorsError::File {
-        path: path.to_path_buf(),
-        message: message.to_string(),
-    }
-}
 
 fn remapper(rules: &[(&str, &str)]) -> KeyRemapper {
     KeyRemapper::from_patterns(rules.to_vec()).expect("the name rules are valid regexes")

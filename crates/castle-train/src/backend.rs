@@ -16,7 +16,7 @@ pub trait OnBackend {
 }
 
 /// Runs `task` on `kind` without activation checkpointing, the GPU backends under burn's
-/// `Fusion` wrapper (`castle_model::kernels::cube::FusedWgpu`, `FusedCuda`).
+/// `Fusion` wrapper (`castle_kernels::cube::FusedWgpu`, `FusedCuda`).
 pub fn dispatch<T: OnBackend>(kind: BackendKind, task: T) -> Result<T::Output> {
     dispatch_with::<NoCheckpointing, T>(kind, true, task)
 }
@@ -40,7 +40,7 @@ fn dispatch_with<C: CheckpointStrategy, T: OnBackend>(
     task: T,
 ) -> Result<T::Output> {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    use castle_model::kernels::cube;
+    use castle_kernels::cube;
     match kind {
         BackendKind::Ndarray => task.run::<Autodiff<NdArray<f32>, C>>(Default::default()),
         BackendKind::Flex => task.run::<Autodiff<Flex, C>>(Default::default()),
@@ -67,7 +67,7 @@ fn dispatch_with<C: CheckpointStrategy, T: OnBackend>(
 #[cfg(feature = "wgpu")]
 fn wgpu_adapter() -> Result<()> {
     use burn::prelude::{Backend, Tensor};
-    type B = castle_model::kernels::cube::Wgpu;
+    type B = castle_kernels::cube::Wgpu;
     let probe = std::panic::catch_unwind(|| {
         let x = Tensor::<B, 1>::zeros([1], &Default::default());
         B::sync(&x.device()).map(|_| ())

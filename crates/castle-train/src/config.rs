@@ -181,7 +181,7 @@ impl std::fmt::Display for BackendKind {
 pub enum Dtype {
     #[default]
     F32,
-    /// Mixed precision (`castle_model::precision`): bf16 activations and weight copies, softmax
+    /// Mixed precision (`castle_kernels::precision`): bf16 activations and weight copies, softmax
     /// statistics, lookahead prefix sums and the loss in f32.
     Bf16,
 }

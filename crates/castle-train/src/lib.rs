@@ -9,6 +9,7 @@ mod data;
 pub mod distributed;
 pub mod init;
 pub mod memory;
+pub mod memory_estimate;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

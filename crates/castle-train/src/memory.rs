@@ -1,9 +1,11 @@
 //! `--dry-run`'s training memory: the run's [`MemoryPlan`], the estimate of
-//! `castle_model::memory`, and the largest micro-batch that fits `backend.memory_gib`.
+//! [`crate::memory_estimate`], and the largest micro-batch that fits `backend.memory_gib`.
 
 use std::fmt::Write;
 
-use castle_model::memory::{AttentionImpl, MemoryPlan, TrainingMemory};
+use crate::memory_estimate::{
+    largest_micro_batch, training_memory, AttentionImpl, MemoryPlan, TrainingMemory,
+};
 
 use crate::config::{BackendConfig, BackendKind, Checkpointing, RunConfig};
 
@@ -81,7 +83,7 @@ pub fn memory_summary(config: &RunConfig, vocab_size: usize) -> String {
         AttentionImpl::DeviceKernels => "device kernels, O(L d) per head",
         AttentionImpl::TensorOps => "tensor ops, several L x L per head",
     };
-    let t: TrainingMemory = m.training_memory(&plan);
+    let t: TrainingMemory = training_memory(m, &plan);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -127,7 +129,7 @@ pub fn memory_summary(config: &RunConfig, vocab_size: usize) -> String {
                 };
                 format!(
                     "{} with checkpointing {c}",
-                    m.largest_micro_batch(&p, budget)
+                    largest_micro_batch(m, &p, budget)
                 )
             })
             .join(", ")

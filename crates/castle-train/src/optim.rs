@@ -6,7 +6,7 @@
 //! their global norm and split between two AdamW instances, one with decay and one without.
 //!
 //! Each instance is [`FusedAdamW`]: burn's AdamW update, run on the CPU backends as one parallel
-//! pass per tensor (`castle_model::kernels::adamw`) with the same bits, and as burn's tensor ops
+//! pass per tensor (`castle_kernels::host::adamw`) with the same bits, and as burn's tensor ops
 //! elsewhere. Its state is burn's `AdamWState`, so checkpoints hold the same records.
 
 use std::path::Path;
@@ -22,7 +22,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
-use castle_model::kernels::adamw::{adamw_step_tensors, AdamWStep};
+use castle_kernels::host::adamw::{adamw_step_tensors, AdamWStep};
 use castle_model::{AttentionBackend, CastleLm, TrainBackend};
 
 use crate::config::TrainConfig;

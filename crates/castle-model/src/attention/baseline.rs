@@ -5,14 +5,17 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use super::cache::CacheRows;
-use super::lookahead::scale;
-use super::{host_attention, merge_heads, split_heads, AttentionPath};
-use crate::kernels::heads::Source;
-use crate::kernels::linear::fused_project;
-use crate::kernels::{AttentionBackend, Causal};
+use super::heads::{host_attention, merge_heads, split_heads};
+use super::path::AttentionPath;
+use castle_kernels::host::heads::Source;
+use castle_kernels::host::linear::fused_project;
+use castle_kernels::host::Causal;
+use castle_kernels::precision::project;
+use castle_kernels::reference::{causal_attention, scale};
+use castle_kernels::rope::RopeTables;
+use castle_kernels::AttentionBackend;
+
 use crate::layers::linear;
-use crate::precision::{project, to_dtype, widen};
-use crate::rope::RopeTables;
 
 /// The host kernel's inputs `q, k, v` as parts of `qkv`'s output, `q` and `k` rotated.
 pub const SOURCES: [Source; 3] = [Source::rotated(0), Source::rotated(1), Source::plain(2)];
@@ -129,22 +132,4 @@ fn attend<B: AttentionBackend>(
         AttentionPath::Naive | AttentionPath::Chunked { .. } => causal_attention(q, k, v),
         AttentionPath::Kernel { block } => B::causal_attention(q, k, v, block),
     }
-}
-
-/// `softmax(s Q K^T + causal mask) V` in burn tensor ops: the reference. Computed in at least
-/// f32, returned in `q`'s type.
-pub fn causal_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let dtype = q.dtype();
-    let [q, k, v] = [q, k, v].map(widen);
-    let [_, _, l, d] = q.dims();
-    let causal = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &q.device()).unsqueeze::<4>();
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale(d);
-    to_dtype(
-        softmax(scores.mask_fill(causal, f32::NEG_INFINITY), 3).matmul(v),
-        dtype,
-    )
 }

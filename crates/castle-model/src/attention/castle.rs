@@ -3,16 +3,20 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 
-use super::lookahead::{
-    attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads, UqKvCache,
+use castle_kernels::host::heads::Source;
+use castle_kernels::host::linear::fused_project;
+use castle_kernels::host::Castle;
+use castle_kernels::precision::project;
+use castle_kernels::reference::{
+    attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads,
 };
-use super::{host_attention, merge_heads, split_heads, AttentionPath};
-use crate::kernels::heads::Source;
-use crate::kernels::linear::fused_project;
-use crate::kernels::{AttentionBackend, Castle};
+use castle_kernels::rope::RopeTables;
+use castle_kernels::AttentionBackend;
+
+use super::heads::{host_attention, merge_heads, split_heads};
+use super::path::AttentionPath;
+use super::uq_kv::UqKvCache;
 use crate::layers::linear;
-use crate::precision::project;
-use crate::rope::RopeTables;
 
 /// The host kernel's inputs `qu, ku, vu, qc, kc, vc, qc_nope` as parts of `in_proj`'s output,
 /// rotated as [`CastleAttention::heads`] does.
@@ -58,7 +62,7 @@ impl<B: Backend> CastleAttention<B> {
 }
 
 impl<B: AttentionBackend> CastleAttention<B> {
-    /// The per-head projections of `x: [batch, len, d_model]`, RoPE applied as `crate::rope` says.
+    /// The per-head projections of `x: [batch, len, d_model]`, RoPE applied as `castle_kernels::rope` says.
     pub fn heads(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> CastleHeads<B> {
         let [qu, ku, vu, qc, kc, vc] =
             <[_; 6]>::try_from(split_heads(project(&self.in_proj, x), 6, self.n_heads))

@@ -3,81 +3,20 @@
 pub mod baseline;
 pub mod cache;
 pub mod castle;
-pub mod lookahead;
+pub mod heads;
+pub mod path;
+pub mod uq_kv;
 
 pub use baseline::{CausalSelfAttention, KvCache};
 pub use castle::CastleAttention;
-pub use lookahead::{CastleHeads, UqKvCache};
+pub use path::AttentionPath;
+pub use uq_kv::UqKvCache;
 
 use burn::prelude::*;
-
-use crate::kernels::heads::{Projected, Source};
-use crate::kernels::{AttentionBackend, HostKernel};
-use crate::rope::RopeTables;
-
-/// How a full-sequence forward computes attention. All three are exact; tests compare them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionPath {
-    /// burn tensor ops; CASTLE by Theorem 1's O(L^3) parallel form: the reference.
-    Naive,
-    /// burn tensor ops; CASTLE by the O(L^2 d) chunked form with this block size.
-    Chunked { block: usize },
-    /// The backend's attention kernel ([`crate::kernels::AttentionBackend`]) with this block size:
-    /// the fused CPU kernels on `flex` and `ndarray` (fed straight from the layer's projection by
-    /// [`host_attention`] in a full forward); on CUDA, until its own kernels exist, the chunked
-    /// tensor-op form. The training path.
-    Kernel { block: usize },
-}
 
 /// One layer's decoding cache.
 #[derive(Debug, Clone)]
 pub enum AttentionCache<B: Backend> {
     Kv(KvCache<B>),
     UqKv(UqKvCache<B>),
-}
-
-/// `[batch, len, parts * heads * d]` -> `parts` tensors of `[batch, heads, len, d]`, in
-/// projection order (strided views).
-pub fn split_heads<B: Backend>(y: Tensor<B, 3>, parts: usize, heads: usize) -> Vec<Tensor<B, 4>> {
-    let [b, l, width] = y.dims();
-    let d = width / (parts * heads);
-    let y = y.reshape([b, l, parts * heads, d]).swap_dims(1, 2);
-    (0..parts)
-        .map(|p| {
-            y.clone()
-                .slice([0..b, p * heads..(p + 1) * heads, 0..l, 0..d])
-        })
-        .collect()
-}
-
-/// `[batch, heads, len, d]` -> `[batch, len, heads * d]`.
-pub fn merge_heads<B: Backend>(o: Tensor<B, 4>) -> Tensor<B, 3> {
-    let [b, h, l, d] = o.dims();
-    o.swap_dims(1, 2).reshape([b, l, h * d])
-}
-
-/// The host-kernel path (`B::HOST_KERNELS` only) from the projection
-/// `y: [batch, len, parts * heads * d]` to the merged output `[batch, len, heads * d]`: `kernel`
-/// on `sources` of `y` (RoPE from `rope`, positions `0..len`) as one fused op, with no strided
-/// views ([`crate::kernels::heads`]).
-pub fn host_attention<B: AttentionBackend, K: HostKernel<N>, const N: usize>(
-    y: Tensor<B, 3>,
-    kernel: K,
-    sources: [Source; N],
-    heads: usize,
-    rope: &RopeTables<B>,
-) -> Tensor<B, 3> {
-    let [batch, len, width] = y.dims();
-    let parts = sources.iter().map(|s| s.part + 1).max().unwrap_or(0);
-    let d = width / (parts * heads);
-    let op = Projected {
-        kernel,
-        sources,
-        parts,
-        batch,
-        heads,
-        d,
-        rope: rope.rows(len, d).clone(),
-    };
-    B::host_op(op, [y.reshape([-1])]).reshape([batch, len, heads * d])
 }

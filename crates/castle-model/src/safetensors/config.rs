@@ -9,12 +9,15 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use super::SafetensorsError;
+use super::error::{file_error, SafetensorsError};
 use crate::config::{AttentionKind, ModelConfig};
 use crate::lm::CastleLm;
 
 /// Version of this file's layout; bumped when a name or a meaning changes.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The tokenizer's file name in an export.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Everything needed to rebuild the network from `model.safetensors`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +136,7 @@ impl ExportConfig {
             mlp_bias: false,
             parity_heads: c.heads,
             torch_dtype: torch_dtype(model.embed.weight.val().dtype()),
-            tokenizer_file: tokenizer_sha256.map(|_| super::TOKENIZER_FILE.into()),
+            tokenizer_file: tokenizer_sha256.map(|_| TOKENIZER_FILE.into()),
             tokenizer_sha256: tokenizer_sha256.map(str::to_string),
             bos_token_id: None,
             eos_token_id: None,
@@ -164,7 +167,7 @@ impl ExportConfig {
         };
         config
             .validate()
-            .map_err(|e| super::file_error(path, format!("describes no valid model: {e}")))?;
+            .map_err(|e| file_error(path, format!("describes no valid model: {e}")))?;
         Ok(config)
     }
 
@@ -175,16 +178,16 @@ impl ExportConfig {
     /// Reads `path`; errors name it and the key at fault.
     pub fn read(path: &Path) -> Result<Self, SafetensorsError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            super::file_error(
+            file_error(
                 path,
                 format!("cannot read it ({e}); an export directory holds config.json beside model.safetensors"),
             )
         })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| super::file_error(path, e))?;
+        let config: Self = serde_json::from_str(&text).map_err(|e| file_error(path, e))?;
         // Baseline exports written before they declared `llama` say `castle`: both are read.
         let (expected, _) = model_type(config.attention);
         if config.model_type != expected && config.model_type != "castle" {
-            return Err(super::file_error(
+            return Err(file_error(
                 path,
                 format!(
                     "model_type = {:?} with attention = {}: castle reads its own exports, which \

@@ -10,11 +10,13 @@ use burn::backend::ndarray::NdArray;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use castle_model::attention::baseline::{self, causal_attention};
-use castle_model::attention::lookahead::{attend, lookahead_scores_naive, CastleHeads};
-use castle_model::attention::{castle, host_attention, merge_heads, split_heads};
-use castle_model::kernels::{Castle, Causal};
-use castle_model::rope::Rope;
+use castle_kernels::host::{Castle, Causal};
+use castle_kernels::reference::causal_attention;
+use castle_kernels::reference::{attend, lookahead_scores_naive, CastleHeads};
+use castle_kernels::rope::Rope;
+use castle_model::attention::baseline;
+use castle_model::attention::castle;
+use castle_model::attention::heads::{host_attention, merge_heads, split_heads};
 use castle_model::AttentionBackend;
 use common::{random_vec, relative_error, rng, values};
 

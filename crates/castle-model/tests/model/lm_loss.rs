@@ -14,7 +14,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
-use castle_model::kernels::lm_loss::LmHeadLoss;
+use castle_kernels::host::lm_loss::LmHeadLoss;
 use castle_model::lm::{token_nll, token_nll_reference};
 use castle_model::{AttentionBackend, AttentionKind, CastleLm};
 use common::{random_tokens, random_vec, relative_error, rng, tiny_config, values};

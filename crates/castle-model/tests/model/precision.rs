@@ -1,4 +1,4 @@
-//! bf16 mixed precision on `Flex` (`castle_model::precision`): a bf16 forward matches the f32
+//! bf16 mixed precision on `Flex` (`castle_kernels::precision`): a bf16 forward matches the f32
 //! one within bf16's precision on every attention path (fused kernels and both tensor-op forms),
 //! the tensor-op layers take bf16 inputs, and gradients land in the f32 parameters close to the
 //! f32 gradients, at awkward sizes.
@@ -10,9 +10,9 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
-use castle_model::kernels::AttentionBackend;
+use castle_kernels::precision::to_dtype;
+use castle_kernels::AttentionBackend;
 use castle_model::lm::token_nll;
-use castle_model::precision::to_dtype;
 use castle_model::{AttentionKind, AttentionPath, CastleLm};
 use common::{random_tokens, random_vec, rng, tiny_config, values};
 
@@ -177,7 +177,7 @@ fn bf16_gradients_land_in_f32_parameters_close_to_f32_gradients() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn f16_on_wgpu_runs_the_cube_kernels_close_to_f32() {
-    type W = Autodiff<castle_model::kernels::cube::Wgpu>;
+    type W = Autodiff<castle_kernels::cube::Wgpu>;
     let device = Default::default();
     for kind in KINDS {
         let model = tiny_config(kind).init::<W>(VOCAB, &device);

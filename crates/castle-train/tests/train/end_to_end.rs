@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use castle_train::checkpoint;
+use castle_train::memory_estimate::{largest_micro_batch, training_memory, MemoryPlan};
 use castle_train::metrics::{read_metrics, StepMetrics};
 use common::{castle_train, kill_after_logged_steps, tiny_args, with, write_corpus};
 
@@ -302,11 +303,12 @@ fn dry_run_prints_training_memory_and_the_largest_micro_batch_that_fits() {
     let config = castle_train::RunConfig::load(&path, &overrides).unwrap();
     let plan = castle_train::memory::memory_plan(&config, config.data.vocab_size);
     let model = &config.model;
-    let total = model.training_memory(&plan).total() as f64 / (1u64 << 30) as f64;
+    let total = training_memory(model, &plan).total() as f64 / (1u64 << 30) as f64;
     let budget = 141 * (1u64 << 30);
     let largest = [false, true].map(|checkpointing| {
-        model.largest_micro_batch(
-            &castle_model::memory::MemoryPlan {
+        largest_micro_batch(
+            model,
+            &MemoryPlan {
                 checkpointing,
                 ..plan
             },

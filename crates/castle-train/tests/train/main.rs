@@ -6,5 +6,6 @@ mod common;
 mod config;
 mod data_parallel;
 mod end_to_end;
+mod memory_estimate;
 mod optimizer;
 mod wgpu;

@@ -1,0 +1,148 @@
+//! Device kernels: attentions a backend runs in its own device memory (the CubeCL kernels of
+//! `crate::cube`), registered as one node of burn's autodiff graph whose backward pass is the
+//! kernel's own, as [`super::backend`] does for the host kernels.
+//!
+//! A device kernel's forward pass returns its output and what its backward pass needs, `O(L d)`
+//! per head (FlashAttention's row statistics, never an `L x L` matrix); the backward pass
+//! recomputes the rest from the inputs.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorPrimitive;
+
+use crate::backend::AttentionBackend;
+use crate::host::host_op::hold_inputs;
+
+/// The attentions a backend may run as device kernels; inputs `[batch, heads, len, d]` each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAttention {
+    /// Causal softmax attention, inputs `q, k, v`.
+    Causal,
+    /// CASTLE (eq. 3-8; eq. 9 with a window), inputs in
+    /// [`crate::reference::CastleHeads`]' order: `qu, ku, vu, qc, kc, vc, qc_nope`.
+    Castle { window: Option<usize> },
+}
+
+impl DeviceAttention {
+    /// How many `[batch, heads, len, d]` inputs the kernel takes.
+    pub fn inputs(self) -> usize {
+        match self {
+            Self::Causal => 3,
+            Self::Castle { .. } => 7,
+        }
+    }
+
+    /// The shapes of what the forward pass saves for the backward pass (f32), given the
+    /// inputs' `[batch, heads, len, d]`: each row's logsumexp, and for CASTLE the final
+    /// lookahead keys `U`.
+    pub fn saved_shapes(self, [batch, heads, len, d]: [usize; 4]) -> Vec<Shape> {
+        let lse = Shape::new([batch, heads, len]);
+        match self {
+            Self::Causal => vec![lse],
+            Self::Castle { .. } => vec![lse, Shape::new([batch, heads, len, d])],
+        }
+    }
+}
+
+/// The tile side of the CubeCL CASTLE kernels (`crate::cube::castle::TILE`).
+pub const CASTLE_TILE: usize = 16;
+
+/// Cubes a CubeCL CASTLE call aims for (`batch x heads x segments`): enough to fill a large GPU.
+const CASTLE_TARGET_CUBES: usize = 1024;
+
+/// How the CubeCL CASTLE kernels cut `batch_heads` heads of `len` positions into segments of
+/// query tiles, `(tiles per segment, segments)`: enough segments that `batch_heads x segments`
+/// reaches [`CASTLE_TARGET_CUBES`], at most one per tile, and at most `max_segments`.
+pub fn castle_segments(batch_heads: usize, len: usize, max_segments: usize) -> (usize, usize) {
+    let tiles = len.div_ceil(CASTLE_TILE).max(1);
+    let wanted = CASTLE_TARGET_CUBES
+        .div_ceil(batch_heads.max(1))
+        .clamp(1, tiles.min(max_segments.max(1)));
+    let segment_tiles = tiles.div_ceil(wanted);
+    (segment_tiles, tiles.div_ceil(segment_tiles))
+}
+
+/// Bytes the CubeCL CASTLE backward pass allocates for the length of one call beyond its inputs
+/// and gradients, bounded above: seven `[segments, batch, heads, L, d]` f32 buffers (the
+/// segments' key sums, `D` sums, `U` and `D` state, and three partial gradients). The bound
+/// counts `min(tiles, CASTLE_TARGET_CUBES + batch_heads)` head-slots for the exact
+/// `segments x batch_heads`, which dips each time `segments` steps down as heads are added:
+/// the bound grows with `batch_heads`, so the largest micro-batch that fits is well defined.
+pub fn castle_backward_transient(batch_heads: usize, len: usize, d: usize) -> u64 {
+    let tiles = len.div_ceil(CASTLE_TILE).max(1);
+    let slots = (tiles * batch_heads).min(CASTLE_TARGET_CUBES + batch_heads);
+    7 * 4 * (slots * len * d) as u64
+}
+
+/// The output of a device kernel's forward pass and what its backward pass keeps.
+pub type DeviceForward<B> = (FloatTensor<B>, Vec<FloatTensor<B>>);
+
+#[derive(Debug)]
+struct DeviceBackward;
+
+#[derive(Debug)]
+struct DeviceState<B: AttentionBackend> {
+    kernel: DeviceAttention,
+    inputs: Vec<FloatTensor<B>>,
+    out: FloatTensor<B>,
+    saved: Vec<FloatTensor<B>>,
+}
+
+impl<B: AttentionBackend, const N: usize> Backward<B, N> for DeviceBackward {
+    type State = Arc<DeviceState<B>>;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let st = ops.state;
+        let d_out = grads.consume::<B>(&ops.node);
+        let input_grads = B::device_backward(
+            st.kernel,
+            st.inputs.clone(),
+            st.out.clone(),
+            st.saved.clone(),
+            d_out,
+        );
+        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// `B::device_forward` as one node of the autodiff graph.
+pub(super) fn tracked_device<B, C, const N: usize>(
+    kernel: DeviceAttention,
+    inputs: [Tensor<Autodiff<B, C>, 4>; N],
+) -> Tensor<Autodiff<B, C>, 4>
+where
+    B: AttentionBackend,
+    C: CheckpointStrategy,
+{
+    let xs = inputs.map(|x| x.into_primitive().tensor());
+    let nodes = xs.each_ref().map(|x| x.node.clone());
+    let held = hold_inputs(&xs);
+    let inner: Vec<_> = xs.into_iter().map(|x| x.primitive).collect();
+    let (out, saved) = B::device_forward(kernel, inner.clone());
+    let op = <DeviceBackward as Backward<B, N>>::prepare::<C>(DeviceBackward, nodes);
+    let out = match op.compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let state = DeviceState {
+                kernel,
+                inputs: inner,
+                out: out.clone(),
+                saved,
+            };
+            prep.finish(Arc::new(state), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    drop(held);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
