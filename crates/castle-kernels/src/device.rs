@@ -1,24 +1,19 @@
 //! Device kernels: attentions a backend runs in its own device memory (the CubeCL kernels of
 //! `crate::cube`), registered as one node of burn's autodiff graph whose backward pass is the
-//! kernel's own, as [`super::backend`] does for the host kernels.
+//! kernel's own ([`crate::autodiff`]), as for the host kernels.
 //!
 //! A device kernel's forward pass returns its output and what its backward pass needs, `O(L d)`
 //! per head (FlashAttention's row statistics, never an `L x L` matrix); the backward pass
 //! recomputes the rest from the inputs.
 
-use std::sync::Arc;
-
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorPrimitive;
 
+use crate::autodiff::{tracked, NodeState};
 use crate::backend::AttentionBackend;
-use crate::host::host_op::hold_inputs;
 
 /// The attentions a backend may run as device kernels; inputs `[batch, heads, len, d]` each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +79,7 @@ pub fn castle_backward_transient(batch_heads: usize, len: usize, d: usize) -> u6
 /// The output of a device kernel's forward pass and what its backward pass keeps.
 pub type DeviceForward<B> = (FloatTensor<B>, Vec<FloatTensor<B>>);
 
-#[derive(Debug)]
-struct DeviceBackward;
-
+/// What a tracked device kernel keeps: its inputs, its output and its own saved tensors.
 #[derive(Debug)]
 struct DeviceState<B: AttentionBackend> {
     kernel: DeviceAttention,
@@ -95,24 +88,15 @@ struct DeviceState<B: AttentionBackend> {
     saved: Vec<FloatTensor<B>>,
 }
 
-impl<B: AttentionBackend, const N: usize> Backward<B, N> for DeviceBackward {
-    type State = Arc<DeviceState<B>>;
-
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let st = ops.state;
-        let d_out = grads.consume::<B>(&ops.node);
-        let input_grads = B::device_backward(
-            st.kernel,
-            st.inputs.clone(),
-            st.out.clone(),
-            st.saved.clone(),
+impl<B: AttentionBackend> NodeState<B> for DeviceState<B> {
+    fn backward(&self, d_out: FloatTensor<B>) -> Vec<FloatTensor<B>> {
+        B::device_backward(
+            self.kernel,
+            self.inputs.clone(),
+            self.out.clone(),
+            self.saved.clone(),
             d_out,
-        );
-        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        )
     }
 }
 
@@ -125,24 +109,18 @@ where
     B: AttentionBackend,
     C: CheckpointStrategy,
 {
-    let xs = inputs.map(|x| x.into_primitive().tensor());
-    let nodes = xs.each_ref().map(|x| x.node.clone());
-    let held = hold_inputs(&xs);
-    let inner: Vec<_> = xs.into_iter().map(|x| x.primitive).collect();
-    let (out, saved) = B::device_forward(kernel, inner.clone());
-    let op = <DeviceBackward as Backward<B, N>>::prepare::<C>(DeviceBackward, nodes);
-    let out = match op.compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let state = DeviceState {
-                kernel,
-                inputs: inner,
-                out: out.clone(),
-                saved,
-            };
-            prep.finish(Arc::new(state), out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    drop(held);
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    tracked(inputs, |inner, _| {
+        let inputs: Vec<_> = inner
+            .into_iter()
+            .map(|x| x.into_primitive().tensor())
+            .collect();
+        let (out, saved) = B::device_forward(kernel, inputs.clone());
+        let state = DeviceState {
+            kernel,
+            inputs,
+            out: out.clone(),
+            saved,
+        };
+        (Tensor::from_primitive(TensorPrimitive::Float(out)), state)
+    })
 }

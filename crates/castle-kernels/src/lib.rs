@@ -13,6 +13,7 @@
 //!
 //! Tensor layout inside attention is `[batch, heads, len, head_dim]`, rows are positions.
 
+pub mod autodiff;
 pub mod backend;
 #[cfg(feature = "cube")]
 pub mod cube;

@@ -9,10 +9,12 @@ use std::fmt;
 use std::ops::Deref;
 
 use burn::prelude::*;
-use burn::tensor::Element;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Element};
 use burn_flex::FlexTensor;
 
 use super::elem::Elem;
+use crate::precision::to_dtype;
 
 /// A float tensor's values in host memory, packed, in the kernels' element type `E`.
 pub enum HostArray<E> {
@@ -75,4 +77,23 @@ pub(crate) fn from_host<B: Backend, E: Elem + Element, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(x, dims), device)
+}
+
+/// A kernel's host gradients as tensors, each of the shape `shape` gives it, in its input's
+/// float type.
+pub(crate) fn grads_from_host<B: Backend, E: Elem + Element, const D: usize, const N: usize>(
+    grads: [Vec<E>; N],
+    shape: impl Fn(&[E]) -> [usize; D],
+    dtypes: [DType; N],
+    device: &B::Device,
+) -> Vec<FloatTensor<B>> {
+    grads
+        .into_iter()
+        .zip(dtypes)
+        .map(|(grad, dtype)| {
+            let dims = shape(&grad);
+            let grad = to_dtype(from_host::<B, E, D>(grad, dims, device), dtype);
+            grad.into_primitive().tensor()
+        })
+        .collect()
 }

@@ -8,21 +8,16 @@
 //! knows its row width.
 
 use std::fmt::Debug;
-use std::marker::PhantomData;
-use std::sync::Arc;
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Element, TensorPrimitive};
 
 use super::elem::Elem;
-use super::host_array::{from_host, HostArray};
+use super::host_array::{from_host, grads_from_host, HostArray};
+use crate::autodiff::{tracked, NodeState};
 use crate::backend::AttentionBackend;
 use crate::precision::to_dtype;
 
@@ -70,9 +65,8 @@ where
     (to_dtype(from_host(out, [len], &device), dtype), x, saved)
 }
 
-#[derive(Debug)]
-struct OpBackward<K, E>(PhantomData<(K, E)>);
-
+/// What a tracked [`HostOp`] keeps: its host inputs (empty unless its backward pass reads them)
+/// and its own saved state.
 #[derive(Debug)]
 struct OpState<K: HostOp<N>, E: Elem, const N: usize> {
     op: K,
@@ -82,44 +76,19 @@ struct OpState<K: HostOp<N>, E: Elem, const N: usize> {
     dtypes: [DType; N],
 }
 
-impl<B, K, E, const N: usize> Backward<B, N> for OpBackward<K, E>
+impl<B, K, E, const N: usize> NodeState<B> for OpState<K, E, N>
 where
     B: AttentionBackend,
     K: HostOp<N>,
     E: Elem + Element,
 {
-    type State = Arc<OpState<K, E, N>>;
-
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let st = ops.state;
-        let d_out =
-            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+    fn backward(&self, d_out: FloatTensor<B>) -> Vec<FloatTensor<B>> {
+        let d_out = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(d_out));
         let device = d_out.device();
-        let x = st.inputs.each_ref().map(|v| &**v);
-        let host_grads = st.op.backward(x, &st.saved, &B::host_array::<E>(d_out));
-        for ((parent, grad), dtype) in ops.parents.into_iter().zip(host_grads).zip(st.dtypes) {
-            if let Some(node) = parent {
-                let len = grad.len();
-                let grad = to_dtype(from_host::<B, E, 1>(grad, [len], &device), dtype);
-                grads.register::<B>(node.id, grad.into_primitive().tensor());
-            }
-        }
+        let x = self.inputs.each_ref().map(|v| &**v);
+        let host_grads = self.op.backward(x, &self.saved, &B::host_array::<E>(d_out));
+        grads_from_host::<B, E, 1, N>(host_grads, |grad| [grad.len()], self.dtypes, &device)
     }
-}
-
-/// The inputs' reference counts, to hold from taking their graph nodes until the op's own step
-/// is registered.
-///
-/// burn 0.21 frees, at the end of any thread's backward pass, the steps of every graph none of
-/// whose nodes is still referenced. An op that takes its inputs apart (dropping their reference
-/// counts) and then runs a long forward pass before registering its step leaves that graph
-/// unreferenced meanwhile: another thread's backward pass (`--devices N` ranks, tests in
-/// parallel) can free its steps, and every gradient behind this op is silently lost or wrong
-/// (burn issue #5573).
-pub(crate) fn hold_inputs<B: Backend, const N: usize>(
-    xs: &[FloatTensor<Autodiff<B>>; N],
-) -> [Arc<NodeId>; N] {
-    xs.each_ref().map(|x| x.rc.clone())
 }
 
 /// [`host_op_forward`] as one node of the autodiff graph.
@@ -134,32 +103,18 @@ where
     K: HostOp<N>,
 {
     let dtypes = inputs.each_ref().map(|x| x.dtype());
-    let xs = inputs.map(|x| x.into_primitive().tensor());
-    let nodes = xs.each_ref().map(|x| x.node.clone());
-    let held = hold_inputs(&xs);
-    let inner = xs.map(|x| Tensor::from_primitive(TensorPrimitive::Float(x.primitive)));
-    let backward =
-        <OpBackward<K, E> as Backward<B, N>>::prepare::<C>(OpBackward(PhantomData), nodes);
-    let out = match backward.compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let (out, inputs, saved) = host_op_forward::<B, E, K, N>(&op, inner, true);
-            let inputs = match K::BACKWARD_READS_INPUTS {
-                true => inputs,
-                false => std::array::from_fn(|_| HostArray::default()),
-            };
-            let state = OpState {
-                op,
-                inputs,
-                saved,
-                dtypes,
-            };
-            prep.finish(Arc::new(state), out.into_primitive().tensor())
-        }
-        OpsKind::UnTracked(prep) => {
-            let (out, _, _) = host_op_forward::<B, E, K, N>(&op, inner, false);
-            prep.finish(out.into_primitive().tensor())
-        }
-    };
-    drop(held);
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    tracked(inputs, |inner, is_tracked| {
+        let (out, inputs, saved) = host_op_forward::<B, E, K, N>(&op, inner, is_tracked);
+        let inputs = match K::BACKWARD_READS_INPUTS {
+            true => inputs,
+            false => std::array::from_fn(|_| HostArray::default()),
+        };
+        let state = OpState {
+            op,
+            inputs,
+            saved,
+            dtypes,
+        };
+        (out, state)
+    })
 }

@@ -11,6 +11,7 @@
 //!   [`Castle`] and [`Causal`]: [`lookahead`] (CASTLE's lookahead scores `S_U` by the exact
 //!   chunked form) feeding [`causal_softmax`] (`softmax(s Q K^T - SiLU(S_U)) V`, or the
 //!   baseline without `S_U`), over the [`blocks`] of a head.
+//! - [`kernel_node`]: a [`HostKernel`] on burn tensors, forward and as one autodiff node.
 //! - [`host_op`]: the row-wise ops around attention ([`rmsnorm`], [`swiglu`], [`cross_entropy`])
 //!   as one parallel pass each way instead of burn's single-threaded op chain; [`lm_loss`] fuses
 //!   the LM head's product into the cross-entropy, a chunk of rows at a time, so training never
@@ -33,6 +34,7 @@ pub mod gemm;
 pub mod heads;
 pub mod host_array;
 pub mod host_op;
+pub mod kernel_node;
 pub mod linear;
 pub mod lm_loss;
 pub mod lookahead;
