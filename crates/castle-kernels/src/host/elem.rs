@@ -7,6 +7,8 @@ use num_traits::Float;
 /// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
 pub trait Elem: Float + bytemuck::Pod + Send + Sync + Debug + 'static {
     fn of(x: f64) -> Self {
+        // Cannot fail: `Elem` is f32 or f64, and num-traits' f64 -> f32/f64 cast always returns
+        // `Some` (an out-of-range value becomes infinity, NaN stays NaN).
         Self::from(x).expect("a float converts to a float")
     }
 

@@ -25,6 +25,7 @@ pub(crate) fn sum_over_workers<A: Send>(
             acc
         })
         .reduce_with(merge)
+        // Cannot fail: `workers` was clamped to at least 1 above, so there is one item to reduce.
         .expect("at least one worker")
 }
 
@@ -93,6 +94,8 @@ pub(crate) unsafe fn written_in_chunks<E: Send, const K: usize>(
         .map(|_| {
             per_buffer
                 .each_mut()
+                // Cannot fail: every buffer has `len` elements cut into `chunk`-sized pieces, so each
+                // yields exactly `len.div_ceil(chunk)` chunks, the number taken here.
                 .map(|c| c.next().expect("K equal lengths"))
         })
         .collect();
