@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use castle_model::{AttentionBackend, AttentionKind, CastleLm, ModelConfig};
+use castle_model::{AttentionKind, CastleLm, KernelBackend, ModelConfig};
 
 use crate::stats::{median, yes};
 use crate::{alloc, model_config, random_tokens, BackendKind, Options, Report, KINDS};
@@ -20,7 +20,7 @@ pub struct DecodeResult {
     pub ideal_cache_bytes_per_token: usize,
 }
 
-pub(crate) fn table<B: AttentionBackend>(
+pub(crate) fn table<B: KernelBackend>(
     backend: BackendKind,
     opts: &Options,
     log: &mut dyn FnMut(&str),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use burn::prelude::*;
-use castle_model::{AttentionBackend, CastleLm};
+use castle_model::{CastleLm, KernelBackend};
 
 use rand::{Rng as _, SeedableRng};
 
@@ -124,7 +124,7 @@ pub fn fit_to_context(
     Ok(max_new_tokens.min(room))
 }
 
-fn last_logits<B: AttentionBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
+fn last_logits<B: KernelBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
     let [b, l, v] = logits.dims();
     logits
         .slice([0..b, l - 1..l, 0..v])
@@ -133,7 +133,7 @@ fn last_logits<B: AttentionBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
         .collect()
 }
 
-fn token_tensor<B: AttentionBackend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+fn token_tensor<B: KernelBackend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
     let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     let n = ids.len();
     Tensor::from_data(TensorData::new(ids, [1, n]), device)
@@ -142,7 +142,7 @@ fn token_tensor<B: AttentionBackend>(ids: &[u32], device: &B::Device) -> Tensor<
 /// Generates up to `max_new_tokens` after `prompt` with the model's decoding cache, calling
 /// `on_token` with each new id. Stops after `eot` (when given). The prompt plus the new tokens
 /// must fit `model.max_seq_len` (see [`fit_to_context`]).
-pub fn generate<B: AttentionBackend>(
+pub fn generate<B: KernelBackend>(
     model: &CastleLm<B>,
     prompt: &[u32],
     max_new_tokens: usize,
@@ -180,7 +180,7 @@ pub fn generate<B: AttentionBackend>(
 
 /// [`generate`] without a cache: a full `forward` over the prompt and everything generated so
 /// far for every new token. Same arguments, same tokens (up to floating-point ties).
-pub fn generate_uncached<B: AttentionBackend>(
+pub fn generate_uncached<B: KernelBackend>(
     model: &CastleLm<B>,
     prompt: &[u32],
     max_new_tokens: usize,

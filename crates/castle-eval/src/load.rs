@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use castle_data::Tok;
-use castle_model::{AttentionBackend, CastleLm};
+use castle_model::{CastleLm, KernelBackend};
 use castle_train::checkpoint::{self, Checkpoint};
 
 /// The checkpoint `path` names (see the module docs). Errors say what `path` is missing.
@@ -49,13 +49,13 @@ pub fn resolve(path: &Path, best: bool) -> Result<Checkpoint> {
 }
 
 /// A checkpoint with its tokenizer (checked against the recorded hash) and model.
-pub struct Loaded<B: AttentionBackend> {
+pub struct Loaded<B: KernelBackend> {
     pub checkpoint: Checkpoint,
     pub tokenizer: Tok,
     pub model: CastleLm<B>,
 }
 
-impl<B: AttentionBackend> Loaded<B> {
+impl<B: KernelBackend> Loaded<B> {
     pub fn load(checkpoint: Checkpoint, device: &B::Device) -> Result<Self> {
         let tokenizer = checkpoint.tokenizer()?;
         let model = checkpoint.load_model::<B>(tokenizer.vocab_size(), device)?;

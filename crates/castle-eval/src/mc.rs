@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use castle_data::Tok;
-use castle_model::{AttentionBackend, CastleLm};
+use castle_model::{CastleLm, KernelBackend};
 use serde::{Deserialize, Serialize};
 
 /// One line of a task file.
@@ -201,12 +201,12 @@ pub fn evaluate_task(path: &Path, tok: &Tok, scorer: &mut impl Scorer) -> Result
 
 /// Scores with a model: the choices of an item go through one forward pass, right-padded
 /// (the model is causal, so padding after a sequence does not change its log-likelihoods).
-pub struct ModelScorer<'a, B: AttentionBackend> {
+pub struct ModelScorer<'a, B: KernelBackend> {
     pub model: &'a CastleLm<B>,
     pub device: B::Device,
 }
 
-impl<B: AttentionBackend> Scorer for ModelScorer<'_, B> {
+impl<B: KernelBackend> Scorer for ModelScorer<'_, B> {
     fn loglikelihoods(&mut self, requests: &[Request]) -> Result<Vec<f64>> {
         let max_len = self.model.config.max_seq_len;
         let mut rows = Vec::with_capacity(requests.len());

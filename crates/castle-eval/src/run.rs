@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use castle_data::InputFormat;
 use castle_model::TrainBackend;
-use castle_model::{AttentionBackend, AttentionKind};
+use castle_model::{AttentionKind, KernelBackend};
 use castle_train::backend::{dispatch, OnBackend};
 use castle_train::checkpoint::Checkpoint;
 use castle_train::config::BackendKind;
@@ -119,7 +119,7 @@ impl OnBackend for Job {
 }
 
 /// [`evaluate`] on a given (inference) backend, for an already resolved checkpoint.
-pub fn evaluate_on<B: AttentionBackend>(
+pub fn evaluate_on<B: KernelBackend>(
     ckpt: Checkpoint,
     request: &EvalRequest,
     device: &B::Device,
@@ -153,7 +153,7 @@ pub fn evaluate_on<B: AttentionBackend>(
     Ok(report)
 }
 
-fn run_perplexity<B: AttentionBackend>(
+fn run_perplexity<B: KernelBackend>(
     loaded: &Loaded<B>,
     request: &PerplexityRequest,
     device: &B::Device,
@@ -194,7 +194,7 @@ fn run_perplexity<B: AttentionBackend>(
     })
 }
 
-fn run_generation<B: AttentionBackend>(
+fn run_generation<B: KernelBackend>(
     loaded: &Loaded<B>,
     request: &GenerationRequest,
     device: &B::Device,

@@ -13,7 +13,6 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorPrimitive;
 
 use crate::autodiff::{tracked, NodeState};
-use crate::backend::AttentionBackend;
 
 /// The attentions a backend may run as device kernels; inputs `[batch, heads, len, d]` each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +49,7 @@ impl DeviceAttention {
 pub const CASTLE_TILE: usize = 16;
 
 /// Cubes a CubeCL CASTLE call aims for (`batch x heads x segments`): enough to fill a large GPU.
-const CASTLE_TARGET_CUBES: usize = 1024;
+pub(crate) const CASTLE_TARGET_CUBES: usize = 1024;
 
 /// How the CubeCL CASTLE kernels cut `batch_heads` heads of `len` positions into segments of
 /// query tiles, `(tiles per segment, segments)`: enough segments that `batch_heads x segments`
@@ -64,33 +63,36 @@ pub fn castle_segments(batch_heads: usize, len: usize, max_segments: usize) -> (
     (segment_tiles, tiles.div_ceil(segment_tiles))
 }
 
-/// Bytes the CubeCL CASTLE backward pass allocates for the length of one call beyond its inputs
-/// and gradients, bounded above: seven `[segments, batch, heads, L, d]` f32 buffers (the
-/// segments' key sums, `D` sums, `U` and `D` state, and three partial gradients). The bound
-/// counts `min(tiles, CASTLE_TARGET_CUBES + batch_heads)` head-slots for the exact
-/// `segments x batch_heads`, which dips each time `segments` steps down as heads are added:
-/// the bound grows with `batch_heads`, so the largest micro-batch that fits is well defined.
-pub fn castle_backward_transient(batch_heads: usize, len: usize, d: usize) -> u64 {
-    let tiles = len.div_ceil(CASTLE_TILE).max(1);
-    let slots = (tiles * batch_heads).min(CASTLE_TARGET_CUBES + batch_heads);
-    7 * 4 * (slots * len * d) as u64
-}
-
 /// The output of a device kernel's forward pass and what its backward pass keeps.
 pub type DeviceForward<B> = (FloatTensor<B>, Vec<FloatTensor<B>>);
 
+/// A device kernel's forward pass: its inputs to its output and what its backward pass keeps
+/// (`crate::KernelBackend::device_forward`).
+pub type DeviceForwardFn<B> = fn(DeviceAttention, Vec<FloatTensor<B>>) -> DeviceForward<B>;
+
+/// A device kernel's backward pass: inputs, output, saved tensors and `dLoss/d(output)` to the
+/// inputs' gradients (`crate::KernelBackend::device_backward`).
+pub type DeviceBackwardFn<B> = fn(
+    DeviceAttention,
+    Vec<FloatTensor<B>>,
+    FloatTensor<B>,
+    Vec<FloatTensor<B>>,
+    FloatTensor<B>,
+) -> Vec<FloatTensor<B>>;
+
 /// What a tracked device kernel keeps: its inputs, its output and its own saved tensors.
 #[derive(Debug)]
-struct DeviceState<B: AttentionBackend> {
+struct DeviceState<B: Backend> {
     kernel: DeviceAttention,
+    backward: DeviceBackwardFn<B>,
     inputs: Vec<FloatTensor<B>>,
     out: FloatTensor<B>,
     saved: Vec<FloatTensor<B>>,
 }
 
-impl<B: AttentionBackend> NodeState<B> for DeviceState<B> {
+impl<B: Backend> NodeState<B> for DeviceState<B> {
     fn backward(&self, d_out: FloatTensor<B>) -> Vec<FloatTensor<B>> {
-        B::device_backward(
+        (self.backward)(
             self.kernel,
             self.inputs.clone(),
             self.out.clone(),
@@ -100,13 +102,16 @@ impl<B: AttentionBackend> NodeState<B> for DeviceState<B> {
     }
 }
 
-/// `B::device_forward` as one node of the autodiff graph.
+/// A device kernel's `forward` as one node of the autodiff graph, with `backward` its backward
+/// pass.
 pub(super) fn tracked_device<B, C, const N: usize>(
     kernel: DeviceAttention,
     inputs: [Tensor<Autodiff<B, C>, 4>; N],
+    forward: DeviceForwardFn<B>,
+    backward: DeviceBackwardFn<B>,
 ) -> Tensor<Autodiff<B, C>, 4>
 where
-    B: AttentionBackend,
+    B: Backend,
     C: CheckpointStrategy,
 {
     tracked(inputs, |inner, _| {
@@ -114,9 +119,10 @@ where
             .into_iter()
             .map(|x| x.into_primitive().tensor())
             .collect();
-        let (out, saved) = B::device_forward(kernel, inputs.clone());
+        let (out, saved) = forward(kernel, inputs.clone());
         let state = DeviceState {
             kernel,
+            backward,
             inputs,
             out: out.clone(),
             saved,

@@ -9,45 +9,16 @@
 //! The cos/sin tables of every position are computed once per model ([`Rope`], float64 on the
 //! host); a forward or a decoded token takes a window of them ([`Rope::tables`]). On CPU the
 //! rotation is one fused parallel pass each way ([`RopeRows`]); elsewhere it is burn tensor ops on
-//! tables uploaded once per window.
+//! tables uploaded once per window ([`RopeTables::apply_reference`]).
 
-use crate::precision::to_dtype;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use burn::prelude::*;
-use rayon::prelude::*;
 
-use crate::backend::AttentionBackend;
-use crate::host::host_op::HostOp;
-use crate::host::parallel::{rows_per_task, zeroed};
-use crate::host::simd::vectorized;
-use crate::host::Elem;
-
-/// cos/sin of `pos * theta^(-2k/d)` for every position below `max_len`, `[max_len, d / 2]`.
-#[derive(Debug, Clone)]
-pub struct Rope {
-    half: usize,
-    max_len: usize,
-    cos: Arc<[f64]>,
-    sin: Arc<[f64]>,
-}
+pub use crate::host::rope::{Rope, RopeRows};
+use crate::precision::to_dtype;
 
 impl Rope {
-    pub fn new(max_len: usize, head_dim: usize, theta: f64) -> Self {
-        let half = head_dim / 2;
-        let angles: Vec<f64> = (0..max_len)
-            .flat_map(|pos| {
-                (0..half).map(move |k| pos as f64 * theta.powf(-2.0 * k as f64 / head_dim as f64))
-            })
-            .collect();
-        Self {
-            half,
-            max_len,
-            cos: angles.iter().map(|a| a.cos()).collect(),
-            sin: angles.iter().map(|a| a.sin()).collect(),
-        }
-    }
-
     /// The tables of positions `start .. start + len`.
     pub fn tables<B: Backend>(
         &self,
@@ -82,18 +53,7 @@ pub struct RopeTables<B: Backend> {
     uploaded: OnceLock<[Tensor<B, 2>; 2]>,
 }
 
-impl<B: AttentionBackend> RopeTables<B> {
-    /// Rotates `x: [batch, heads, len, head_dim]`: `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`;
-    /// one fused kernel on CPU.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if !B::HOST_KERNELS {
-            return self.apply_reference(x);
-        }
-        let dims = x.dims();
-        let rows = self.rows(dims[2], dims[3]).clone();
-        B::host_op(rows, [x.reshape([-1])]).reshape(dims)
-    }
-
+impl<B: Backend> RopeTables<B> {
     /// The rotation of `len` positions of `head_dim` values, for fused host ops; panics when
     /// these tables are not for that shape.
     pub fn rows(&self, len: usize, head_dim: usize) -> &RopeRows {
@@ -107,7 +67,9 @@ impl<B: AttentionBackend> RopeTables<B> {
         &self.rope
     }
 
-    /// [`RopeTables::apply`] in burn tensor ops: the reference, and what GPU backends run.
+    /// Rotates `x: [batch, heads, len, head_dim]`: `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`,
+    /// in burn tensor ops: the reference, and what a backend without the host op runs
+    /// (`crate::KernelBackend::rope`).
     pub fn apply_reference(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, l, d] = x.dims();
         let (half, dtype) = (d / 2, x.dtype());
@@ -132,73 +94,5 @@ impl<B: AttentionBackend> RopeTables<B> {
             ],
             3,
         )
-    }
-}
-
-/// The rotation of rows of `head_dim` values at positions `start .. start + len`, repeating
-/// every `len` rows (the heads of a batch): a [`HostOp`] with one input.
-#[derive(Debug, Clone)]
-pub struct RopeRows {
-    rope: Rope,
-    start: usize,
-    len: usize,
-}
-
-impl RopeRows {
-    /// The number of positions.
-    pub(crate) fn positions(&self) -> usize {
-        self.len
-    }
-
-    /// Rotates every row of `x` into `out` by `sign` times its position's angle.
-    fn rotate<E: Elem>(&self, x: &[E], sign: f64) -> Vec<E> {
-        let d = 2 * self.rope.half;
-        let rows = rows_per_task(d);
-        let mut out = zeroed(x.len());
-        out.par_chunks_mut(rows * d)
-            .zip(x.par_chunks(rows * d))
-            .enumerate()
-            .for_each(|(task, (out, x))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (i, (y, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
-                            self.rotate_row(x, y, (task * rows + i) % self.len, sign);
-                        }
-                    },
-                )
-            });
-        out
-    }
-
-    /// Rotates the row `x` of the `t`-th position (`start + t`) into `y` by `sign` times its
-    /// angle. Inlined, so that a caller's [`vectorized`] loop compiles it at its SIMD width.
-    #[inline(always)]
-    pub(crate) fn rotate_row<E: Elem>(&self, x: &[E], y: &mut [E], t: usize, sign: f64) {
-        let half = self.rope.half;
-        let pos = self.start + t;
-        let cos = &self.rope.cos[pos * half..(pos + 1) * half];
-        let sin = &self.rope.sin[pos * half..(pos + 1) * half];
-        let (x1, x2) = x.split_at(half);
-        let (y1, y2) = y.split_at_mut(half);
-        for k in 0..half {
-            let (c, s) = (E::of(cos[k]), E::of(sign * sin[k]));
-            y1[k] = x1[k] * c - x2[k] * s;
-            y2[k] = x2[k] * c + x1[k] * s;
-        }
-    }
-}
-
-impl HostOp<1> for RopeRows {
-    type Saved<E: Elem> = ();
-    const BACKWARD_READS_INPUTS: bool = false;
-
-    fn forward<E: Elem>(&self, [x]: [&[E]; 1]) -> (Vec<E>, ()) {
-        (self.rotate(x, 1.0), ())
-    }
-
-    /// The transpose of a rotation is the rotation by the opposite angle.
-    fn backward<E: Elem>(&self, _: [&[E]; 1], _: &(), d_out: &[E]) -> [Vec<E>; 1] {
-        [self.rotate(d_out, -1.0)]
     }
 }

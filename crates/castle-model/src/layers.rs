@@ -3,12 +3,7 @@
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
-use castle_kernels::host::linear::fused_project;
-use castle_kernels::host::rmsnorm::RmsNormRows;
-use castle_kernels::host::swiglu::SwiGluGate;
-use castle_kernels::precision::{project, to_dtype};
-use castle_kernels::reference::silu;
-use castle_kernels::AttentionBackend;
+use castle_kernels::KernelBackend;
 
 /// A bias-free linear layer with the GPT-2 initialisation N(0, std).
 pub fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
@@ -34,27 +29,12 @@ impl<B: Backend> RmsNorm<B> {
             eps,
         }
     }
-
-    /// The tensor-op form: the reference, and what GPU backends run.
-    pub fn forward_reference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        let gamma = to_dtype(self.gamma.val(), x.dtype());
-        x / rms * gamma.unsqueeze()
-    }
 }
 
-impl<B: AttentionBackend> RmsNorm<B> {
-    /// `x / sqrt(mean(x^2) + eps) (.) gamma` over the last dimension; the fused kernel on CPU.
+impl<B: KernelBackend> RmsNorm<B> {
+    /// `x / sqrt(mean(x^2) + eps) (.) gamma` over the last dimension.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if !B::HOST_KERNELS {
-            return self.forward_reference(x);
-        }
-        let dims = x.dims();
-        let op = RmsNormRows {
-            d: dims[2],
-            eps: self.eps,
-        };
-        B::host_op(op, [x.reshape([-1]), self.gamma.val()]).reshape(dims)
+        B::rms_norm(x, self.gamma.val(), self.eps)
     }
 }
 
@@ -74,24 +54,12 @@ impl<B: Backend> SwiGlu<B> {
             down: linear(hidden, d_model, down_std, device),
         }
     }
-
-    /// The tensor-op form: the reference, and what GPU backends run.
-    pub fn forward_reference(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = silu(project(&self.gate, x.clone())) * project(&self.up, x);
-        project(&self.down, h)
-    }
 }
 
-impl<B: AttentionBackend> SwiGlu<B> {
-    /// `W_down (SiLU(x W_gate) (.) x W_up)`, the gate a fused kernel on CPU.
+impl<B: KernelBackend> SwiGlu<B> {
+    /// `W_down (SiLU(x W_gate) (.) x W_up)`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if !B::HOST_KERNELS {
-            return self.forward_reference(x);
-        }
-        let g = fused_project(&self.gate, x.clone());
-        let dims = g.dims();
-        let u = fused_project(&self.up, x);
-        let h = B::host_op(SwiGluGate, [g.reshape([-1]), u.reshape([-1])]);
-        fused_project(&self.down, h.reshape(dims))
+        let h = B::swiglu_gate(B::project(&self.gate, x.clone()), B::project(&self.up, x));
+        B::project(&self.down, h)
     }
 }

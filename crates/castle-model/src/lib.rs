@@ -1,6 +1,6 @@
 //! The model: CASTLE attention (arXiv 2509.07301), the baseline causal attention it is compared
 //! with, and the LLaMA-style decoder both plug into. Generic over any burn backend that implements
-//! [`AttentionBackend`]; the kernels live below, in `castle-kernels`.
+//! [`KernelBackend`]; the kernels live below, in `castle-kernels`.
 //!
 //! Tensor layout inside attention is `[batch, heads, len, head_dim]`, rows are positions.
 
@@ -10,7 +10,7 @@ pub mod layers;
 pub mod lm;
 pub mod safetensors;
 
-pub use attention::{AttentionCache, AttentionPath};
-pub use castle_kernels::{AttentionBackend, DeviceAttention, TrainBackend};
+pub use attention::AttentionCache;
+pub use castle_kernels::{DeviceAttention, KernelBackend, TrainBackend};
 pub use config::{AttentionKind, ConfigError, ModelConfig, ParamSummary};
 pub use lm::{CastleLm, LmCache};

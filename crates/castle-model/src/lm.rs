@@ -4,16 +4,13 @@
 
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::DType;
 
-use castle_kernels::host::cross_entropy::CrossEntropyRows;
-use castle_kernels::host::lm_loss::LmHeadLoss;
 use castle_kernels::precision::{project, to_dtype};
 use castle_kernels::rope::{Rope, RopeTables};
-use castle_kernels::AttentionBackend;
+use castle_kernels::KernelBackend;
 
-use crate::attention::{AttentionCache, AttentionPath, CastleAttention, CausalSelfAttention};
+use crate::attention::{AttentionCache, CastleAttention, CausalSelfAttention};
 use crate::config::{AttentionKind, ModelConfig};
 use crate::layers::{linear, RmsNorm, SwiGlu};
 
@@ -78,7 +75,12 @@ impl ModelConfig {
                 attn_norm: RmsNorm::new(d_model, NORM_EPS, device),
                 attn: match self.attention {
                     AttentionKind::Baseline => Attention::Baseline(CausalSelfAttention::new(
-                        d_model, heads, head_dim, out_std, device,
+                        d_model,
+                        heads,
+                        head_dim,
+                        self.block_size,
+                        out_std,
+                        device,
                     )),
                     AttentionKind::Castle | AttentionKind::CastleSwl => {
                         Attention::Castle(CastleAttention::new(
@@ -86,6 +88,7 @@ impl ModelConfig {
                             heads,
                             head_dim,
                             self.lookahead_window(),
+                            self.block_size,
                             out_std,
                             device,
                         ))
@@ -112,103 +115,64 @@ impl ModelConfig {
     }
 }
 
-impl<B: AttentionBackend> CastleLm<B> {
+impl<B: KernelBackend> CastleLm<B> {
     pub fn vocab_size(&self) -> usize {
         self.embed.weight.dims()[0]
     }
 
-    /// Logits `[batch, len, vocab]` for `tokens: [batch, len]`, attention on the fused path.
+    /// Logits `[batch, len, vocab]` for `tokens: [batch, len]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.forward_with(tokens, self.training_path())
-    }
-
-    fn training_path(&self) -> AttentionPath {
-        AttentionPath::Kernel {
-            block: self.config.block_size,
-        }
-    }
-
-    /// [`CastleLm::forward`] with a chosen attention path (tests compare them).
-    pub fn forward_with(&self, tokens: Tensor<B, 2, Int>, path: AttentionPath) -> Tensor<B, 3> {
-        self.logits(self.hidden(tokens, path))
+        self.logits(self.hidden(tokens, None))
     }
 
     /// Per-token negative log-likelihood `[batch, len]` of `targets` after `inputs`
-    /// (`[batch, len]` each), attention on the fused path: `token_nll(self.forward(inputs),
-    /// targets)`, except that on CPU the LM head and the loss are one fused op
-    /// ([`LmHeadLoss`]) that never holds the `tokens x vocab` logits.
+    /// (`[batch, len]` each): `token_nll(self.forward(inputs), targets)`, with the LM head and
+    /// the loss one fused op ([`KernelBackend::lm_head_nll`]; on CPU it never holds the
+    /// `tokens x vocab` logits).
     pub fn token_nll(&self, inputs: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        let x = self.hidden(inputs, self.training_path());
-        if !B::HOST_KERNELS {
-            return token_nll(self.logits(x), targets);
-        }
-        let [b, l, d] = x.dims();
+        let x = self.hidden(inputs, None);
         // The head as `[vocab, d]`; the loss in the parameters' type, as `logits` returns it.
         let w = match &self.lm_head {
             Some(head) => head.weight.val().transpose(),
             None => self.embed.weight.val(),
         };
         let x = to_dtype(self.norm.forward(x), w.dtype());
-        let op = LmHeadLoss::new(d, self.vocab_size(), target_ids(targets));
-        B::host_op(op, [x.reshape([-1]), w.reshape([-1])]).reshape([b, l])
-    }
-
-    /// The residual stream after the last block, before the final norm.
-    fn hidden(&self, tokens: Tensor<B, 2, Int>, path: AttentionPath) -> Tensor<B, 3> {
-        let len = tokens.dims()[1];
-        let rope = self.rope(0, len, &tokens.device());
-        let mut x = self.embed_tokens(tokens);
-        for block in &self.blocks {
-            let h = block.attn_norm.forward(x.clone());
-            let a = match &block.attn {
-                Attention::Baseline(attn) => attn.forward(h, &rope, path),
-                Attention::Castle(attn) => attn.forward(h, &rope, path),
-            };
-            x = block.feed_forward(x + a);
-        }
-        x
+        B::lm_head_nll(x, w, targets)
     }
 
     /// Forward over a prompt `[batch, len]` that also returns the decoding cache.
     pub fn prefill(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, LmCache<B>) {
-        let len = tokens.dims()[1];
-        let rope = self.rope(0, len, &tokens.device());
-        let path = self.training_path();
-        let mut x = self.embed_tokens(tokens);
-        let mut layers = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let h = block.attn_norm.forward(x.clone());
-            let (a, cache) = match &block.attn {
-                Attention::Baseline(attn) => {
-                    let (a, c) = attn.prefill(h, &rope, path);
-                    (a, AttentionCache::Kv(c))
-                }
-                Attention::Castle(attn) => {
-                    let (a, c) = attn.prefill(h, &rope, path);
-                    (a, AttentionCache::UqKv(c))
-                }
-            };
-            layers.push(cache);
-            x = block.feed_forward(x + a);
-        }
-        (self.logits(x), LmCache { layers, len })
+        let mut cache = LmCache {
+            layers: vec![AttentionCache::Empty; self.blocks.len()],
+            len: 0,
+        };
+        let logits = self.logits(self.hidden(tokens, Some(&mut cache)));
+        (logits, cache)
     }
 
-    /// Logits `[batch, 1, vocab]` for one new token `[batch, 1]` after the cached positions.
-    pub fn decode(&self, token: Tensor<B, 2, Int>, cache: &mut LmCache<B>) -> Tensor<B, 3> {
-        let rope = self.rope(cache.len, 1, &token.device());
-        let mut x = self.embed_tokens(token);
-        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let h = block.attn_norm.forward(x.clone());
-            let a = match (&block.attn, layer_cache) {
-                (Attention::Baseline(attn), AttentionCache::Kv(c)) => attn.step(h, &rope, c),
-                (Attention::Castle(attn), AttentionCache::UqKv(c)) => attn.step(h, &rope, c),
-                _ => unreachable!("a cache is built by its own layer's prefill"),
-            };
-            x = block.feed_forward(x + a);
+    /// Logits `[batch, n, vocab]` for new tokens `[batch, n]` after the cached positions.
+    pub fn decode(&self, tokens: Tensor<B, 2, Int>, cache: &mut LmCache<B>) -> Tensor<B, 3> {
+        self.logits(self.hidden(tokens, Some(cache)))
+    }
+
+    /// The residual stream after the last block, before the final norm, for `tokens` at the
+    /// positions after those `cache` holds (from 0 without one).
+    fn hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        mut cache: Option<&mut LmCache<B>>,
+    ) -> Tensor<B, 3> {
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let len = tokens.dims()[1];
+        let rope = self.rope(start, len, &tokens.device());
+        let mut x = self.embed_tokens(tokens);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, &rope, cache.as_mut().map(|c| &mut c.layers[i]));
         }
-        cache.len += 1;
-        self.logits(x)
+        if let Some(cache) = cache {
+            cache.len += len;
+        }
+        x
     }
 
     fn rope(&self, start: usize, len: usize, device: &B::Device) -> RopeTables<B> {
@@ -240,48 +204,19 @@ impl<B: AttentionBackend> CastleLm<B> {
     }
 }
 
-impl<B: AttentionBackend> Block<B> {
-    fn feed_forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+impl<B: KernelBackend> Block<B> {
+    /// Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        cache: Option<&mut AttentionCache<B>>,
+    ) -> Tensor<B, 3> {
+        let h = self.attn_norm.forward(x.clone());
+        let x = x + match &self.attn {
+            Attention::Baseline(attn) => attn.forward(h, rope, cache),
+            Attention::Castle(attn) => attn.forward(h, rope, cache),
+        };
         x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
     }
-}
-
-/// Per-token negative log-likelihood `[batch, len]` of `targets` under `logits`; one fused
-/// softmax cross-entropy kernel on CPU. Training calls [`CastleLm::token_nll`], which fuses the
-/// LM head in too.
-pub fn token_nll<B: AttentionBackend>(
-    logits: Tensor<B, 3>,
-    targets: Tensor<B, 2, Int>,
-) -> Tensor<B, 2> {
-    if !B::HOST_KERNELS {
-        return token_nll_reference(logits, targets);
-    }
-    let [b, l, vocab] = logits.dims();
-    let op = CrossEntropyRows::new(vocab, target_ids(targets));
-    B::host_op(op, [logits.reshape([-1])]).reshape([b, l])
-}
-
-/// `targets` as host token ids, row-major; a negative id becomes `usize::MAX`, which the ops
-/// reject as outside the vocabulary.
-fn target_ids<B: Backend>(targets: Tensor<B, 2, Int>) -> Vec<usize> {
-    targets
-        .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .expect("targets converted to i64")
-        .into_iter()
-        .map(|t| usize::try_from(t).unwrap_or(usize::MAX))
-        .collect()
-}
-
-/// [`token_nll`] in tensor ops (`log_softmax` and `gather`): the reference, and the GPU path.
-pub fn token_nll_reference<B: Backend>(
-    logits: Tensor<B, 3>,
-    targets: Tensor<B, 2, Int>,
-) -> Tensor<B, 2> {
-    let [b, l, _] = logits.dims();
-    log_softmax(logits, 2)
-        .gather(2, targets.reshape([b, l, 1]))
-        .reshape([b, l])
-        .neg()
 }

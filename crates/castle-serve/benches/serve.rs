@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use castle_eval::generate::{generate, SamplingOptions};
-use castle_model::{AttentionBackend, TrainBackend};
+use castle_model::{KernelBackend, TrainBackend};
 use castle_serve::engine::{Engine, Event, Job, Sequence};
 use castle_serve::model::{Served, Source};
 use castle_serve::Options;
@@ -169,7 +169,7 @@ fn scoring(prompt: &[u32]) -> Sequence {
 }
 
 /// Seconds for `clients` threads to hand `batches` straight to an engine and get every answer.
-fn in_process<B: AttentionBackend>(
+fn in_process<B: KernelBackend>(
     served: &Served<B>,
     device: &B::Device,
     batches: &[&[Vec<u32>]],
@@ -209,7 +209,7 @@ fn in_process<B: AttentionBackend>(
 }
 
 /// Seconds for `clients` threads running `client((url, thread index))` against a server.
-fn over_http<B: AttentionBackend>(
+fn over_http<B: KernelBackend>(
     served: &Served<B>,
     device: &B::Device,
     options: &Options,

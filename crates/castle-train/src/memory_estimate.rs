@@ -17,7 +17,9 @@
 //! RoPE and SwiGLU. The softmax's and lookahead's `L x L` tensors of the tensor-op attention stay
 //! either way (their parents are matmul and `mask_fill` outputs, compute-bound, so backed up).
 
-use castle_kernels::host::blocks::Blocking;
+use castle_kernels::memory::{
+    castle_backward_transient, host_attention_saved, reference_attention_saved, AttentionShape,
+};
 use castle_model::{AttentionKind, ModelConfig};
 
 /// How the attention runs, which fixes what it keeps for backward per head.
@@ -71,7 +73,7 @@ pub struct TrainingMemory {
     /// is still alive (0 on CPU, where the fused head computes it in the forward pass: `head`).
     pub logits_grad: u64,
     /// Scratch of one CASTLE device-kernel backward call (one layer's, freed when it returns;
-    /// `castle_kernels::device::castle_backward_transient`), counted on top as the backward pass
+    /// `castle_kernels::memory::castle_backward_transient`), counted on top as the backward pass
     /// starts with nearly all of the above alive. 0 for the baseline and off the device kernels.
     pub attention_transient: u64,
 }
@@ -94,34 +96,6 @@ impl TrainingMemory {
     }
 }
 
-/// `L x L` elements one head keeps, by block geometry (lengths not a multiple of the block pad).
-struct HeadGeometry {
-    /// Lower block triangle, `bs^2 n (n + 1) / 2`: causal probabilities, `SiLU'(S_U)`.
-    lower: u64,
-    /// Lookahead band `sig[J, K]` (all of the upper block triangle without a window).
-    band: u64,
-    /// Diagonal blocks, `n bs^2`.
-    diag: u64,
-    padded: u64,
-}
-
-impl HeadGeometry {
-    fn new(len: usize, d: usize, block: usize, window: Option<usize>) -> Self {
-        let g = Blocking::new(len, d, block, window);
-        let bs2 = (g.bs * g.bs) as u64;
-        let n = g.n as u64;
-        let band = (0..g.n)
-            .map(|j| (j..g.n).filter(|&k| g.in_band(j, k)).count() as u64)
-            .sum::<u64>();
-        Self {
-            lower: bs2 * n * (n + 1) / 2,
-            band: bs2 * band,
-            diag: bs2 * n,
-            padded: g.padded() as u64,
-        }
-    }
-}
-
 /// `model`'s training memory for `plan`; see the module documentation for what is counted.
 pub fn training_memory(model: &ModelConfig, plan: &MemoryPlan) -> TrainingMemory {
     let params = model.param_summary(plan.vocab).total as u64;
@@ -136,9 +110,8 @@ pub fn training_memory(model: &ModelConfig, plan: &MemoryPlan) -> TrainingMemory
     );
     let nd = (model.n_heads() * model.head_dim) as u64;
     let castle = model.attention != AttentionKind::Baseline;
-    // Projections out of `in_proj`, of them rotated by RoPE, and the attention's inputs.
+    // Projections out of `in_proj`, of them rotated by RoPE.
     let (projected, roped) = if castle { (6, 4) } else { (3, 2) };
-    let inputs = if castle { 7 } else { 3 };
     let host = plan.attention == AttentionImpl::HostKernels;
     // The host kernels and ops compute in f32 whatever the tensors' type.
     let host_e = 4;
@@ -171,42 +144,23 @@ pub fn training_memory(model: &ModelConfig, plan: &MemoryPlan) -> TrainingMemory
     };
     let layer_activations = layers * tokens * per_token;
 
-    let geo = HeadGeometry::new(
-        plan.seq_len,
-        model.head_dim,
-        model.block_size,
-        model.lookahead_window(),
-    );
-    let (len, d) = (plan.seq_len as u64, model.head_dim as u64);
+    let shape = match castle {
+        true => AttentionShape::Castle {
+            window: model.lookahead_window(),
+        },
+        false => AttentionShape::Causal,
+    };
+    let (len, d, block) = (plan.seq_len, model.head_dim, model.block_size);
     let per_head = match plan.attention {
-        // Inputs' host copies; output (padded rows); probabilities; for CASTLE `SiLU'(S_U)`,
-        // the lookahead band `sig` and the diagonal blocks.
-        AttentionImpl::HostKernels => {
-            let quadratic = if castle {
-                2 * geo.lower + geo.band + geo.diag
-            } else {
-                geo.lower
-            };
-            (inputs * len * d + geo.padded * d + quadratic) * host_e
-        }
+        AttentionImpl::HostKernels => host_attention_saved(shape, len, d, block) * host_e,
         // Output, row log-sum-exp and, for CASTLE, `U` (the inputs are counted above).
-        AttentionImpl::DeviceKernels => (len * d + len + if castle { len * d } else { 0 }) * e,
-        // Baseline: exp and probabilities. CASTLE adds `S_U`, its SiLU's tanh and sigmoid
-        // (eq. 7), `sig`'s tanh, sigmoid and masked value over the band, the prefix sums `C`
-        // (`band d / bs`) and the diagonal blocks, and the padded `qu, ku, vu, qc` copies.
-        // In f32 whatever the compute type (`castle_kernels::precision`); under bf16 the inputs'
-        // widened copies too.
-        AttentionImpl::TensorOps => {
-            let square = len * len;
-            let widened = if e < 4 { inputs * len * d } else { 0 };
-            let elements = if castle {
-                let bs = model.block_size.clamp(1, plan.seq_len) as u64;
-                5 * square + 3 * geo.band + geo.band * d / bs + 2 * geo.diag + 4 * geo.padded * d
-            } else {
-                2 * square
-            };
-            (elements + widened) * 4
+        AttentionImpl::DeviceKernels => {
+            let (len, d) = (len as u64, d as u64);
+            (len * d + len + if castle { len * d } else { 0 }) * e
         }
+        // In f32 whatever the compute type (`castle_kernels::precision`); under bf16 the
+        // inputs' widened copies too.
+        AttentionImpl::TensorOps => reference_attention_saved(shape, len, d, block, e < 4) * 4,
     };
     let attention_state = layers * (plan.batch * model.n_heads()) as u64 * per_head;
 
@@ -245,11 +199,7 @@ pub fn training_memory(model: &ModelConfig, plan: &MemoryPlan) -> TrainingMemory
         head: tokens * head_per_token + head_once,
         logits_grad: if host { 0 } else { tokens * vocab * 4 },
         attention_transient: if castle && plan.attention == AttentionImpl::DeviceKernels {
-            castle_kernels::device::castle_backward_transient(
-                plan.batch * model.n_heads(),
-                plan.seq_len,
-                model.head_dim,
-            )
+            castle_backward_transient(plan.batch * model.n_heads(), plan.seq_len, model.head_dim)
         } else {
             0
         },

@@ -6,8 +6,8 @@
 //! their global norm and split between two AdamW instances, one with decay and one without.
 //!
 //! Each instance is [`FusedAdamW`]: burn's AdamW update, run on the CPU backends as one parallel
-//! pass per tensor (`castle_kernels::host::adamw`) with the same bits, and as burn's tensor ops
-//! elsewhere. Its state is burn's `AdamWState`, so checkpoints hold the same records.
+//! pass per tensor (`castle_kernels::host::adamw`) with the same bits, and as the same tensor ops
+//! elsewhere (`castle_kernels::reference::adamw`). Its state is burn's `AdamWState`, so checkpoints hold the same records.
 
 use std::path::Path;
 
@@ -15,15 +15,14 @@ use anyhow::{Context, Result};
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{
-    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate,
-    Optimizer, SimpleOptimizer,
+    AdamW, AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate, Optimizer,
+    SimpleOptimizer,
 };
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::DType;
-use castle_kernels::host::adamw::{adamw_step_tensors, AdamWStep};
-use castle_model::{AttentionBackend, CastleLm, TrainBackend};
+use castle_kernels::host::adamw::AdamWStep;
+use castle_model::{CastleLm, KernelBackend, TrainBackend};
 
 use crate::config::TrainConfig;
 
@@ -104,11 +103,11 @@ impl<B: TrainBackend> AdamWGroups<B> {
     }
 }
 
-/// AdamW (epsilon 1e-8) with burn's state and arithmetic; on the host-kernel backends each
-/// tensor's update is one fused parallel pass instead of burn's chain of tensor ops.
+/// AdamW (epsilon 1e-8) with burn's state and arithmetic ([`KernelBackend::adamw`]); on the
+/// host-kernel backends each tensor's update is one fused parallel pass instead of burn's chain
+/// of tensor ops.
 #[derive(Clone)]
 pub struct FusedAdamW {
-    burn: AdamW,
     beta_1: f32,
     beta_2: f32,
     epsilon: f32,
@@ -120,12 +119,6 @@ impl FusedAdamW {
         let (beta_1, beta_2, epsilon, weight_decay) =
             (beta_1 as f32, beta_2 as f32, 1e-8, weight_decay as f32);
         Self {
-            burn: AdamWConfig::new()
-                .with_beta_1(beta_1)
-                .with_beta_2(beta_2)
-                .with_epsilon(epsilon)
-                .with_weight_decay(weight_decay)
-                .build(),
             beta_1,
             beta_2,
             epsilon,
@@ -134,7 +127,7 @@ impl FusedAdamW {
     }
 }
 
-impl<B: AttentionBackend> SimpleOptimizer<B> for FusedAdamW {
+impl<B: KernelBackend> SimpleOptimizer<B> for FusedAdamW {
     type State<const D: usize> = AdamWState<B, D>;
 
     fn step<const D: usize>(
@@ -144,16 +137,6 @@ impl<B: AttentionBackend> SimpleOptimizer<B> for FusedAdamW {
         grad: Tensor<B, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let moments = state
-            .as_ref()
-            .map(|s| [&s.momentum.moment_1, &s.momentum.moment_2]);
-        let all_f32 = [&tensor, &grad]
-            .into_iter()
-            .chain(moments.into_iter().flatten())
-            .all(|t| t.dtype() == DType::F32);
-        if !B::HOST_KERNELS || !all_f32 {
-            return self.burn.step(lr, tensor, grad, state);
-        }
         let time = state.as_ref().map_or(0, |s| s.momentum.time) + 1;
         let step = AdamWStep::new(
             self.beta_1,
@@ -163,8 +146,8 @@ impl<B: AttentionBackend> SimpleOptimizer<B> for FusedAdamW {
             lr,
             time as i32,
         );
-        let moments = state.map(|s| (s.momentum.moment_1, s.momentum.moment_2));
-        let [p, moment_1, moment_2] = adamw_step_tensors(&step, tensor, grad, moments);
+        let moments = state.map(|s| [s.momentum.moment_1, s.momentum.moment_2]);
+        let [p, moment_1, moment_2] = B::adamw(&step, [tensor, grad], moments);
         let momentum = AdaptiveMomentumState {
             time,
             moment_1,

@@ -1,7 +1,7 @@
 //! Validation loss: token-weighted mean negative log-likelihood over fixed windows.
 
 use burn::prelude::*;
-use castle_model::{AttentionBackend, CastleLm};
+use castle_model::{CastleLm, KernelBackend};
 
 /// `[batch, seq_len + 1]` token windows as (inputs, targets), each `[batch, seq_len]`.
 pub fn inputs_and_targets<B: Backend>(
@@ -20,7 +20,7 @@ pub fn inputs_and_targets<B: Backend>(
 
 /// Mean loss over every target token of `windows` (each `seq_len + 1` tokens), `batch_size`
 /// windows per forward pass.
-pub fn mean_loss<B: AttentionBackend>(
+pub fn mean_loss<B: KernelBackend>(
     model: &CastleLm<B>,
     windows: &[Vec<u32>],
     batch_size: usize,

@@ -12,9 +12,9 @@ use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
 use castle_data::BatchSampler;
 use castle_eval::load::{resolve, Loaded};
-use castle_model::lm::token_nll;
 use castle_model::safetensors::{import, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 use castle_model::CastleLm;
+use castle_model::KernelBackend;
 use castle_train::metrics::{metrics_path, read_metrics};
 use castle_train::validation::inputs_and_targets;
 use castle_train::RunConfig;
@@ -153,7 +153,7 @@ fn first_batch_loss(config: &RunConfig, model: &CastleLm<AD>) -> f64 {
     let mut sampler = BatchSampler::new(data.train.len(), seq_len, config.run.seed).unwrap();
     let tokens = sampler.next_batch(&data.train, batch).unwrap();
     let (inputs, targets) = inputs_and_targets::<AD>(&tokens, batch, &Default::default());
-    token_nll(model.forward(inputs), targets)
+    AD::token_nll(model.forward(inputs), targets)
         .mean()
         .into_scalar()
         .elem::<f64>()

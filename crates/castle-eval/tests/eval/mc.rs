@@ -10,7 +10,7 @@ use castle_data::Tok;
 use castle_eval::mc::{
     char_len, encode_pair, evaluate_task, predict, read_items, ModelScorer, Request, Scorer,
 };
-use castle_model::lm::token_nll;
+use castle_model::KernelBackend;
 use castle_model::{AttentionKind, ModelConfig};
 
 type B = NdArray<f32>;
@@ -157,7 +157,7 @@ fn model_scores_equal_the_log_likelihood_of_each_sequence_alone() {
             let ids: Vec<i64> = full.iter().map(|&t| t as i64).collect();
             let n = ids.len();
             let all = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
-            let nll: Vec<f32> = token_nll(
+            let nll: Vec<f32> = B::token_nll(
                 model.forward(all.clone().slice([0..1, 0..n - 1])),
                 all.slice([0..1, 1..n]),
             )

@@ -13,7 +13,7 @@ use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use super::super::device::{DeviceAttention, DeviceForward};
-use super::super::AttentionBackend;
+use super::super::KernelBackend;
 
 /// burn's wgpu backend with its `Fusion` wrapper: [`super::Wgpu`] with fused elementwise ops.
 #[cfg(feature = "wgpu")]
@@ -23,7 +23,7 @@ pub type FusedWgpu = Fusion<super::Wgpu>;
 #[cfg(feature = "cuda")]
 pub type FusedCuda = Fusion<super::Cuda>;
 
-impl<B: FusionBackend + AttentionBackend> AttentionBackend for Fusion<B> {
+impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
     const HOST_KERNELS: bool = false;
 
     const DEVICE_KERNELS: bool = B::DEVICE_KERNELS;
@@ -76,7 +76,7 @@ enum Pass {
 }
 
 /// Queues one kernel call in fusion's stream and returns its outputs.
-fn register<B: FusionBackend + AttentionBackend>(
+fn register<B: FusionBackend + KernelBackend>(
     attention: DeviceAttention,
     pass: Pass,
     inputs: Vec<FloatTensor<Fusion<B>>>,
@@ -108,7 +108,7 @@ struct Call<B> {
     backend: PhantomData<B>,
 }
 
-impl<B: FusionBackend + AttentionBackend> Operation<B::FusionRuntime> for Call<B> {
+impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Call<B> {
     fn execute(
         &self,
         handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,

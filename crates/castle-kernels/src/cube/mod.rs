@@ -30,9 +30,9 @@ use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use super::device::{DeviceAttention, DeviceForward};
-use super::AttentionBackend;
+use super::KernelBackend;
 
-/// burn's wgpu backend without its `Fusion` wrapper (which has no [`AttentionBackend`]), as
+/// burn's wgpu backend without its `Fusion` wrapper (which has no [`KernelBackend`]), as
 /// castle trains on it.
 #[cfg(feature = "wgpu")]
 pub type Wgpu = CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
@@ -41,7 +41,7 @@ pub type Wgpu = CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 #[cfg(feature = "cuda")]
 pub type Cuda = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 
-impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionBackend
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> KernelBackend
     for CubeBackend<R, F, I, BT>
 {
     const HOST_KERNELS: bool = false;

@@ -15,9 +15,8 @@ use std::mem::MaybeUninit;
 
 use burn::prelude::*;
 
-use super::host_array::from_host;
+use super::host_array::{from_host, ReadHost};
 use super::parallel::written_in_chunks;
-use crate::backend::AttentionBackend;
 
 /// The constants of one AdamW step `t` (counted from 1) at learning rate `lr`, in f32 as burn
 /// applies them.
@@ -73,18 +72,18 @@ pub fn adamw_step(
     unsafe { written_in_chunks(n, CHUNK, chunk) }
 }
 
-/// [`adamw_step`] on a host-kernel backend's f32 tensors, read in place where the backend
-/// allows: the new `[p, m1, m2]`, each of `p`'s shape.
-pub fn adamw_step_tensors<B: AttentionBackend, const D: usize>(
+/// [`adamw_step`] on f32 tensors, each read by `read`: the new `[p, m1, m2]`, each of `p`'s
+/// shape.
+pub(crate) fn adamw_step_tensors<B: Backend, const D: usize>(
     step: &AdamWStep,
-    p: Tensor<B, D>,
-    g: Tensor<B, D>,
-    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
+    [p, g]: [Tensor<B, D>; 2],
+    moments: Option<[Tensor<B, D>; 2]>,
+    read: ReadHost<B, f32>,
 ) -> [Tensor<B, D>; 3] {
     let (dims, device, n) = (p.dims(), p.device(), p.shape().num_elements());
-    let host = |t: Tensor<B, D>| B::host_array::<f32>(t.reshape([n]));
+    let host = |t: Tensor<B, D>| read(t.reshape([n]));
     let (p, g) = (host(p), host(g));
-    let moments = moments.map(|(m1, m2)| (host(m1), host(m2)));
+    let moments = moments.map(|[m1, m2]| (host(m1), host(m2)));
     adamw_step(step, &p, &g, moments.as_ref().map(|(a, b)| (&**a, &**b)))
         .map(|v| from_host(v, dims, &device))
 }

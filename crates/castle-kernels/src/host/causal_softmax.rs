@@ -13,12 +13,12 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::blocks::{Blocking, Blocks};
-use super::cross_entropy::softmax_in_place;
 use super::elem::Elem;
 use super::gemm::{gemm, product, transposed, Mat, MatMut};
 use super::parallel::sum_over_workers;
 use super::parallel::written;
 use super::simd::vectorized;
+use super::softmax::softmax_in_place;
 
 /// What the forward pass keeps for the backward pass, rows padded to `g.padded()`.
 #[derive(Debug, Clone)]

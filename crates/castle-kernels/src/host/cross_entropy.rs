@@ -10,7 +10,8 @@ use rayon::prelude::*;
 use super::elem::Elem;
 use super::host_op::HostOp;
 use super::parallel::rows_per_task;
-use super::simd::{fold_lanes, vectorized};
+use super::simd::vectorized;
+use super::softmax::logsumexp;
 
 /// Cross-entropy of rows of `vocab` logits against `targets`, one per row.
 #[derive(Debug, Clone)]
@@ -32,37 +33,6 @@ pub(super) fn check_targets(vocab: usize, targets: &[usize]) {
     if let Some(bad) = targets.iter().find(|&&t| t >= vocab) {
         panic!("target token id {bad} is outside the vocabulary of {vocab} (0..{vocab})");
     }
-}
-
-/// `log sum_i exp(z_i)`, shifted by the row's maximum, each reduction in [`fold_lanes`]' lanes.
-/// Inlined, so that a caller's [`vectorized`] loop compiles it at its SIMD width.
-#[inline(always)]
-pub(super) fn logsumexp<E: Elem>(z: &[E]) -> E {
-    let max = fold_lanes(z, E::neg_infinity(), E::max, E::max);
-    let sum = fold_lanes(
-        z,
-        E::zero(),
-        |s, v| s + E::exp_nonpositive(v - max),
-        |a, b| a + b,
-    );
-    max + sum.ln()
-}
-
-/// A row of logits `z` turned in place into `softmax(z)`; returns `logsumexp(z)`. One `exp`
-/// per element, where [`logsumexp`] then [`softmax_grad_in_place`] take two. Inlined, as
-/// [`logsumexp`] is.
-#[inline(always)]
-pub(super) fn softmax_in_place<E: Elem>(z: &mut [E]) -> E {
-    let max = fold_lanes(z, E::neg_infinity(), E::max, E::max);
-    for v in z.iter_mut() {
-        *v = E::exp_nonpositive(*v - max);
-    }
-    let sum = fold_lanes(z, E::zero(), |s, v| s + v, |a, b| a + b);
-    let inv = E::one() / sum;
-    for v in z.iter_mut() {
-        *v = *v * inv;
-    }
-    max + sum.ln()
 }
 
 /// A row of logits `z` (with log-sum-exp `lse`) turned in place into the gradient of

@@ -30,8 +30,8 @@ use super::attention::{HeadsShape, HostKernel};
 use super::elem::Elem;
 use super::host_op::HostOp;
 use super::parallel::{rows_per_task, zeroed};
+use super::rope::RopeRows;
 use super::simd::vectorized;
-use crate::rope::RopeRows;
 
 /// Where a kernel input comes from: a part of the projection, rotated by RoPE or not.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +57,22 @@ impl Source {
         }
     }
 }
+
+/// The causal kernel's inputs `q, k, v` as parts of a baseline layer's projection
+/// `[W_Q, W_K, W_V]`, `q` and `k` rotated.
+pub const CAUSAL_SOURCES: [Source; 3] = [Source::rotated(0), Source::rotated(1), Source::plain(2)];
+
+/// The CASTLE kernel's inputs `qu, ku, vu, qc, kc, vc, qc_nope` as parts of a CASTLE layer's
+/// projection `[W_UQ, W_UK, W_UV, W_CQ, W_CK, W_CV]`, rotated as `crate::rope` says.
+pub const CASTLE_SOURCES: [Source; 7] = [
+    Source::rotated(0),
+    Source::rotated(1),
+    Source::plain(2),
+    Source::rotated(3),
+    Source::rotated(4),
+    Source::plain(5),
+    Source::plain(3),
+];
 
 /// The kernel `K` on inputs `sources` of a `[batch, len, parts * heads * d]` projection.
 #[derive(Debug)]

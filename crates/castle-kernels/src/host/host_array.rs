@@ -62,6 +62,15 @@ impl<E> fmt::Debug for HostArray<E> {
     }
 }
 
+/// How a backend hands a flat tensor to the kernels: `HostArray::of_flex` on `Flex` (in
+/// place), [`read_copy`] elsewhere (`crate::KernelBackend::host_array`).
+pub type ReadHost<B, E> = fn(Tensor<B, 1>) -> HostArray<E>;
+
+/// `x` as a host copy: how every backend but `Flex` hands tensors to the kernels.
+pub fn read_copy<B: Backend, E: Elem + Element>(x: Tensor<B, 1>) -> HostArray<E> {
+    HostArray::Owned(to_host(x))
+}
+
 /// A host copy of `x` in the kernels' element type `E` (converted from bf16 if need be).
 pub(crate) fn to_host<B: Backend, E: Elem + Element, const D: usize>(x: Tensor<B, D>) -> Vec<E> {
     x.into_data()

@@ -16,9 +16,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Element, TensorPrimitive};
 
 use super::elem::Elem;
-use super::host_array::{from_host, grads_from_host, HostArray};
+use super::host_array::{from_host, grads_from_host, HostArray, ReadHost};
 use crate::autodiff::{tracked, NodeState};
-use crate::backend::AttentionBackend;
 use crate::precision::to_dtype;
 
 /// A fused op with `N` flat float inputs and one flat output.
@@ -42,20 +41,21 @@ pub trait HostOp<const N: usize>: Send + Sync + Debug + 'static {
     fn backward<E: Elem>(&self, x: [&[E]; N], saved: &Self::Saved<E>, d_out: &[E]) -> [Vec<E>; N];
 }
 
-/// The forward pass on any backend's tensors ([`HostOp::forward_tracked`] when `tracked`); also
-/// returns the host inputs and what the backward pass needs.
+/// The forward pass on any backend's tensors, each read by `read` ([`HostOp::forward_tracked`]
+/// when `tracked`); also returns the host inputs and what the backward pass needs.
 pub(crate) fn host_op_forward<B, E, K, const N: usize>(
     op: &K,
     inputs: [Tensor<B, 1>; N],
+    read: ReadHost<B, E>,
     tracked: bool,
 ) -> (Tensor<B, 1>, [HostArray<E>; N], K::Saved<E>)
 where
-    B: AttentionBackend,
+    B: Backend,
     E: Elem + Element,
     K: HostOp<N>,
 {
     let (device, dtype) = (inputs[0].device(), inputs[0].dtype());
-    let x = inputs.map(B::host_array::<E>);
+    let x = inputs.map(read);
     let x_ref = x.each_ref().map(|v| &**v);
     let (out, saved) = match tracked {
         true => op.forward_tracked(x_ref),
@@ -68,17 +68,18 @@ where
 /// What a tracked [`HostOp`] keeps: its host inputs (empty unless its backward pass reads them)
 /// and its own saved state.
 #[derive(Debug)]
-struct OpState<K: HostOp<N>, E: Elem, const N: usize> {
+struct OpState<B: Backend, K: HostOp<N>, E: Elem, const N: usize> {
     op: K,
+    read: ReadHost<B, E>,
     inputs: [HostArray<E>; N],
     saved: K::Saved<E>,
     /// The inputs' float types, which their gradients take.
     dtypes: [DType; N],
 }
 
-impl<B, K, E, const N: usize> NodeState<B> for OpState<K, E, N>
+impl<B, K, E, const N: usize> NodeState<B> for OpState<B, K, E, N>
 where
-    B: AttentionBackend,
+    B: Backend,
     K: HostOp<N>,
     E: Elem + Element,
 {
@@ -86,7 +87,7 @@ where
         let d_out = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(d_out));
         let device = d_out.device();
         let x = self.inputs.each_ref().map(|v| &**v);
-        let host_grads = self.op.backward(x, &self.saved, &B::host_array::<E>(d_out));
+        let host_grads = self.op.backward(x, &self.saved, &(self.read)(d_out));
         grads_from_host::<B, E, 1, N>(host_grads, |grad| [grad.len()], self.dtypes, &device)
     }
 }
@@ -95,22 +96,24 @@ where
 pub(crate) fn tracked_op<B, C, E, K, const N: usize>(
     op: K,
     inputs: [Tensor<Autodiff<B, C>, 1>; N],
+    read: ReadHost<B, E>,
 ) -> Tensor<Autodiff<B, C>, 1>
 where
-    B: AttentionBackend,
+    B: Backend,
     C: CheckpointStrategy,
     E: Elem + Element,
     K: HostOp<N>,
 {
     let dtypes = inputs.each_ref().map(|x| x.dtype());
     tracked(inputs, |inner, is_tracked| {
-        let (out, inputs, saved) = host_op_forward::<B, E, K, N>(&op, inner, is_tracked);
+        let (out, inputs, saved) = host_op_forward::<B, E, K, N>(&op, inner, read, is_tracked);
         let inputs = match K::BACKWARD_READS_INPUTS {
             true => inputs,
             false => std::array::from_fn(|_| HostArray::default()),
         };
         let state = OpState {
             op,
+            read,
             inputs,
             saved,
             dtypes,

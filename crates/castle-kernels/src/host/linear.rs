@@ -7,14 +7,9 @@
 //! thread's samples in a training step. Here every product is split into row blocks, each
 //! block one single-threaded GEMM on a worker (`gemm::times_by_rows`, `gemm::transposed_times`).
 
-use burn::nn::Linear;
-use burn::prelude::*;
-
 use super::elem::Elem;
 use super::gemm::{times_by_rows, transposed, transposed_times, Mat};
 use super::host_op::HostOp;
-use crate::backend::AttentionBackend;
-use crate::precision::project;
 
 /// Rows per parallel product: about four per worker, at least 32 rows (each product packs its
 /// other factor, which its rows amortise).
@@ -68,21 +63,4 @@ impl HostOp<2> for LinearRows {
         let dw = transposed_times(x, d_in, dy, d_out, block);
         [dx, dw]
     }
-}
-
-/// `layer`'s projection of `x` on the fused path: [`LinearRows`] on CPU, [`project`] with burn's
-/// ops elsewhere, with a bias, or in a compute type other than the weight's (bf16: the host op
-/// would keep an f32 copy of `x`, twice burn's bf16 one).
-pub fn fused_project<B: AttentionBackend, const D: usize>(
-    layer: &Linear<B>,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    if !B::HOST_KERNELS || layer.bias.is_some() || x.dtype() != layer.weight.dtype() {
-        return project(layer, x);
-    }
-    let [d_in, d_out] = layer.weight.dims();
-    let mut dims = x.dims();
-    dims[D - 1] = d_out;
-    let op = LinearRows { d_in, d_out };
-    B::host_op(op, [x.reshape([-1]), layer.weight.val().reshape([-1])]).reshape(dims)
 }

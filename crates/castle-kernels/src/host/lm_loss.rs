@@ -9,12 +9,13 @@
 
 use rayon::prelude::*;
 
-use super::cross_entropy::{check_targets, logsumexp, softmax_in_place};
+use super::cross_entropy::check_targets;
 use super::elem::Elem;
 use super::gemm::{gemm, times_by_rows, transposed, transposed_times, Mat, MatMut};
 use super::host_op::HostOp;
 use super::parallel::zeroed;
 use super::simd::vectorized;
+use super::softmax::{logsumexp, softmax_in_place};
 
 /// Rows of `dW` per parallel task of the one `dW = dZ^T X` product.
 const VOCAB_BLOCK: usize = 512;

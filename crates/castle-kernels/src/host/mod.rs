@@ -20,9 +20,10 @@
 //!   burn-flex's matmul, whose output allocation is two serial passes on the calling thread.
 //! - [`heads`]: an attention kernel as one such op from its layer's projection to its merged
 //!   output, splitting heads, RoPE and merging heads included.
+//! - [`rope`]: RoPE's tables of every position and its rotation as such an op.
 //! - [`adamw`]: the optimizer's AdamW update as one parallel pass per parameter tensor.
-//! - [`gemm`], [`simd`] (the CPU's widest SIMD, chosen at run time), [`parallel`] and
-//!   [`host_array`]: what the kernels share.
+//! - [`gemm`], [`simd`] (the CPU's widest SIMD, chosen at run time), [`softmax`] (one row),
+//!   [`parallel`] and [`host_array`]: what the kernels share.
 
 pub mod adamw;
 pub mod attention;
@@ -40,7 +41,9 @@ pub mod lm_loss;
 pub mod lookahead;
 pub mod parallel;
 pub mod rmsnorm;
+pub mod rope;
 pub mod simd;
+pub mod softmax;
 pub mod swiglu;
 
 pub use attention::{Castle, Causal, HeadsShape, HostKernel};

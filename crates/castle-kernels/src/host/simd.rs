@@ -58,7 +58,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::super::cross_entropy::logsumexp;
+    use super::super::softmax::logsumexp;
     use super::*;
 
     /// Lengths around the 4, 8 and 16 lanes of SSE, AVX2 and AVX-512 (in `f32`) and

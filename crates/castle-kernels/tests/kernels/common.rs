@@ -132,8 +132,9 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Spec section 1, straight from the definition: for every t, materialise every lookahead key
-/// `u_i^t` (eq. 3-4, with the SWL window of eq. 9), score with eq. 5-8, and return `o_t`.
+/// docs/castle.md, section 1, straight from the definition: for every t, materialise every
+/// lookahead key `u_i^t` (eq. 3-4, with the SWL window of eq. 9), score with eq. 5-8, and return
+/// `o_t`.
 /// Output `[b, h, l, d]` flattened, in float64.
 pub fn reference_output(x: &RawHeads, window: Option<usize>) -> Vec<f64> {
     let [nb, nh, l, d] = x.shape;

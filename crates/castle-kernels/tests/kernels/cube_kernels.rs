@@ -14,7 +14,7 @@ use castle_kernels::reference::causal_attention;
 use castle_kernels::cube::Cuda as Gpu;
 #[cfg(feature = "wgpu")]
 use castle_kernels::cube::Wgpu as Gpu;
-use castle_kernels::{AttentionBackend, DeviceAttention};
+use castle_kernels::{DeviceAttention, KernelBackend};
 use common::{random_vec, rng, tensor4, values};
 
 /// `|a - b| / max(|b|, 1)` over one tensor's values (Euclidean norms; at `L = 1` the exact
@@ -28,7 +28,7 @@ fn relative_error(a: &[f64], b: &[f64]) -> f64 {
 
 /// `[out, dq, dk, dv]` of `sum(w (.) attention(q, k, v))` on backend `B`; `fused` runs
 /// `B::causal_attention` (the backend's kernel), otherwise the tensor-op form.
-fn causal_values<B: AttentionBackend + burn::tensor::backend::AutodiffBackend>(
+fn causal_values<B: KernelBackend + burn::tensor::backend::AutodiffBackend>(
     inputs: &[Vec<f64>],
     shape: [usize; 4],
     fused: bool,

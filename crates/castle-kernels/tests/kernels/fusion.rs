@@ -14,12 +14,12 @@ use castle_kernels::cube::{Cuda as Plain, FusedCuda as Fused};
 #[cfg(feature = "wgpu")]
 use castle_kernels::cube::{FusedWgpu as Fused, Wgpu as Plain};
 use castle_kernels::reference::CastleHeads;
-use castle_kernels::{AttentionBackend, DeviceAttention};
+use castle_kernels::{DeviceAttention, KernelBackend};
 use common::{random_vec, rng, values, RawHeads};
 
 /// The output, then the gradients of the inputs (`CastleHeads`' order; `qc, kc, vc` for the
 /// causal attention), of `attention` on `B` with `loss = sum(out * w)`.
-fn output_and_gradients<B: AutodiffBackend + AttentionBackend>(
+fn output_and_gradients<B: AutodiffBackend + KernelBackend>(
     attention: DeviceAttention,
     x: &RawHeads,
     w: &[f64],

@@ -8,7 +8,7 @@ use burn::backend::ndarray::NdArray;
 use burn::backend::Autodiff;
 use castle_kernels::reference::causal_attention;
 use castle_kernels::reference::{attend, lookahead_scores_naive, CastleHeads};
-use castle_kernels::AttentionBackend;
+use castle_kernels::KernelBackend;
 use common::{random_vec, reference_output, relative_error, rng, tensor4, values, RawHeads};
 
 type B = Autodiff<NdArray<f64>>;

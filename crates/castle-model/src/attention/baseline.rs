@@ -4,21 +4,14 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use super::cache::CacheRows;
-use super::heads::{host_attention, merge_heads, split_heads};
-use super::path::AttentionPath;
-use castle_kernels::host::heads::Source;
-use castle_kernels::host::linear::fused_project;
-use castle_kernels::host::Causal;
-use castle_kernels::precision::project;
-use castle_kernels::reference::{causal_attention, scale};
+use castle_kernels::backend::causal_heads;
+use castle_kernels::reference::{merge_heads, scale};
 use castle_kernels::rope::RopeTables;
-use castle_kernels::AttentionBackend;
+use castle_kernels::KernelBackend;
 
+use super::cache::CacheRows;
+use super::AttentionCache;
 use crate::layers::linear;
-
-/// The host kernel's inputs `q, k, v` as parts of `qkv`'s output, `q` and `k` rotated.
-pub const SOURCES: [Source; 3] = [Source::rotated(0), Source::rotated(1), Source::plain(2)];
 
 #[derive(Module, Debug)]
 pub struct CausalSelfAttention<B: Backend> {
@@ -28,6 +21,9 @@ pub struct CausalSelfAttention<B: Backend> {
     pub out: Linear<B>,
     #[module(skip)]
     pub n_heads: usize,
+    /// Positions per block of the attention kernel (`model.block_size`).
+    #[module(skip)]
+    pub block: usize,
 }
 
 /// Keys and values of the positions seen so far, `[batch, heads, t, d]`.
@@ -45,6 +41,21 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Appends `k`, `v` of new positions and attends from each one's query in `q` to every
+    /// position up to its own: `[batch, heads, n, d]`.
+    fn step(&mut self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, n, d] = q.dims();
+        if n > 1 {
+            let at = |x: &Tensor<B, 4>, t: usize| x.clone().slice([0..b, 0..h, t..t + 1, 0..d]);
+            let outputs = (0..n).map(|t| self.step(at(&q, t), at(&k, t), at(&v, t)));
+            return Tensor::cat(outputs.collect(), 2);
+        }
+        self.k.push(k);
+        self.v.push(v);
+        let p = softmax(q.matmul(self.k.rows().swap_dims(2, 3)) * scale(d), 3);
+        p.matmul(self.v.rows())
+    }
 }
 
 impl<B: Backend> CausalSelfAttention<B> {
@@ -52,6 +63,7 @@ impl<B: Backend> CausalSelfAttention<B> {
         d_model: usize,
         n_heads: usize,
         head_dim: usize,
+        block: usize,
         out_std: f64,
         device: &B::Device,
     ) -> Self {
@@ -59,77 +71,39 @@ impl<B: Backend> CausalSelfAttention<B> {
             qkv: linear(d_model, 3 * n_heads * head_dim, 0.02, device),
             out: linear(n_heads * head_dim, d_model, out_std, device),
             n_heads,
+            block,
         }
     }
 }
 
-impl<B: AttentionBackend> CausalSelfAttention<B> {
-    fn project(&self, x: Tensor<B, 3>, rope: &RopeTables<B>) -> [Tensor<B, 4>; 3] {
-        let [q, k, v] = <[_; 3]>::try_from(split_heads(project(&self.qkv, x), 3, self.n_heads))
-            .expect("three projections");
-        [rope.apply(q), rope.apply(k), v]
-    }
-
-    /// Full-sequence forward, `x: [batch, len, d_model]`; `rope` covers positions `0..len`.
+impl<B: KernelBackend> CausalSelfAttention<B> {
+    /// `x: [batch, len, d_model]` at the positions `rope` covers. With no cache, a full
+    /// sequence from position 0; with an empty cache, a prompt whose keys and values it keeps;
+    /// with a filled one, the new positions after those cached.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        path: AttentionPath,
+        cache: Option<&mut AttentionCache<B>>,
     ) -> Tensor<B, 3> {
-        match path {
-            AttentionPath::Kernel { block } if B::HOST_KERNELS => {
-                let y = fused_project(&self.qkv, x);
-                let o = host_attention(y, Causal { block }, SOURCES, self.n_heads, rope);
-                fused_project(&self.out, o)
-            }
-            _ => {
-                let [q, k, v] = self.project(x, rope);
-                project(&self.out, merge_heads(attend(q, k, v, path)))
-            }
-        }
-    }
-
-    /// Forward over a prompt that also returns the cache for decoding after it.
-    pub fn prefill(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        path: AttentionPath,
-    ) -> (Tensor<B, 3>, KvCache<B>) {
-        let [q, k, v] = self.project(x, rope);
-        let out = attend(q, k.clone(), v.clone(), path);
-        let cache = KvCache {
-            k: CacheRows::new(k),
-            v: CacheRows::new(v),
+        let y = B::project(&self.qkv, x);
+        let Some(cache) = cache else {
+            let o = B::causal_attention_projected(y, self.n_heads, self.block, rope);
+            return B::project(&self.out, o);
         };
-        (project(&self.out, merge_heads(out)), cache)
-    }
-
-    /// One new token, `x: [batch, 1, d_model]`; `rope` covers position `cache.len()`.
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        cache: &mut KvCache<B>,
-    ) -> Tensor<B, 3> {
-        let [q, k, v] = self.project(x, rope);
-        cache.k.push(k);
-        cache.v.push(v);
-        let d = q.dims()[3];
-        let p = softmax(q.matmul(cache.k.rows().swap_dims(2, 3)) * scale(d), 3);
-        project(&self.out, merge_heads(p.matmul(cache.v.rows())))
-    }
-}
-
-fn attend<B: AttentionBackend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    path: AttentionPath,
-) -> Tensor<B, 4> {
-    match path {
-        AttentionPath::Naive | AttentionPath::Chunked { .. } => causal_attention(q, k, v),
-        AttentionPath::Kernel { block } => B::causal_attention(q, k, v, block),
+        let [q, k, v] = causal_heads(y, self.n_heads, rope);
+        let o = match cache {
+            AttentionCache::Empty => {
+                let o = B::causal_attention(q, k.clone(), v.clone(), self.block);
+                *cache = AttentionCache::Kv(KvCache {
+                    k: CacheRows::new(k),
+                    v: CacheRows::new(v),
+                });
+                o
+            }
+            AttentionCache::Kv(cache) => cache.step(q, k, v),
+            AttentionCache::UqKv(_) => panic!("a baseline layer was given a CASTLE layer's cache"),
+        };
+        B::project(&self.out, merge_heads(o))
     }
 }

@@ -44,9 +44,19 @@ impl<B: Backend> UqKvCache<B> {
         self.len() == 0
     }
 
+    /// The positions of `h` after those cached, one at a time: their outputs `[b, nh, n, d]`.
+    pub fn step(&mut self, h: &CastleHeads<B>, window: Option<usize>) -> Tensor<B, 4> {
+        let n = h.qu.dims()[2];
+        if n == 1 {
+            return self.step_one(h, window);
+        }
+        let outputs = (0..n).map(|t| self.step_one(&h.positions(t..t + 1), window));
+        Tensor::cat(outputs.collect(), 2)
+    }
+
     /// One new token (`h` holds one position): eq. 13, then eq. 5-8 for its output `[b, nh, 1, d]`.
     /// Only rows still inside the window (`i >= t - W`) are rewritten: O(W d) under SWL.
-    pub fn step(&mut self, h: &CastleHeads<B>, window: Option<usize>) -> Tensor<B, 4> {
+    fn step_one(&mut self, h: &CastleHeads<B>, window: Option<usize>) -> Tensor<B, 4> {
         let [b, nh, t, d] = self.u.dims();
         let s = scale(d);
         let first = window.map_or(0, |w| t.saturating_sub(w));

@@ -12,15 +12,12 @@ use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use castle_kernels::host::linear::fused_project;
-use castle_kernels::host::swiglu::SwiGluGate;
 use castle_kernels::precision::project;
-use castle_kernels::reference::silu;
+use castle_kernels::reference::{self, rms_norm, silu, swiglu_gate};
 use castle_kernels::rope::Rope;
 use castle_kernels::Elem;
 use castle_model::layers::{RmsNorm, SwiGlu};
-use castle_model::lm::{token_nll, token_nll_reference};
-use castle_model::AttentionBackend;
+use castle_model::KernelBackend;
 use common::{random_vec, relative_error, rng, values};
 
 type F64 = Autodiff<NdArray<f64>>;
@@ -35,7 +32,7 @@ fn tensor<B: Backend, const D: usize>(v: &[f64], shape: [usize; D]) -> Tensor<B,
 
 /// The output and the gradients of `sum(weights (.) out)` with respect to `inputs`, given
 /// `f(inputs) -> out`.
-fn output_and_grads<B: AttentionBackend + AutodiffBackend, const D: usize>(
+fn output_and_grads<B: KernelBackend + AutodiffBackend, const D: usize>(
     inputs: &[(Vec<f64>, [usize; D])],
     weights: &[f64],
     f: impl Fn(&[Tensor<B, D>]) -> Tensor<B, D>,
@@ -58,23 +55,22 @@ fn output_and_grads<B: AttentionBackend + AutodiffBackend, const D: usize>(
 }
 
 /// RMSNorm of `[x, gamma]` through the module, fused or in tensor ops.
-fn rmsnorm<B: AttentionBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
+fn rmsnorm<B: KernelBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
     let d = xs[0].dims()[2];
     let mut norm = RmsNorm::<B>::new(d, 1e-5, &Default::default());
     norm.gamma = Param::initialized(ParamId::new(), xs[1].clone().reshape([d]));
     if fused {
         norm.forward(xs[0].clone())
     } else {
-        norm.forward_reference(xs[0].clone())
+        rms_norm(xs[0].clone(), norm.gamma.val(), norm.eps)
     }
 }
 
 /// SwiGLU's gate `SiLU(g) (.) u` of `[g, u]`, fused or in tensor ops.
-fn gate<B: AttentionBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
+fn gate<B: KernelBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
     let (g, u) = (xs[0].clone(), xs[1].clone());
     if fused {
-        let dims = g.dims();
-        B::host_op(SwiGluGate, [g.reshape([-1]), u.reshape([-1])]).reshape(dims)
+        B::swiglu_gate(g, u)
     } else {
         silu(g) * u
     }
@@ -82,19 +78,19 @@ fn gate<B: AttentionBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
 
 /// RoPE at positions `start ..` of `[x]` (`[batch, heads, len, d]` flattened to rank 3 as
 /// `[batch * heads, len, d]`), fused or in tensor ops.
-fn rope<B: AttentionBackend>(xs: &[Tensor<B, 3>], start: usize, fused: bool) -> Tensor<B, 3> {
+fn rope<B: KernelBackend>(xs: &[Tensor<B, 3>], start: usize, fused: bool) -> Tensor<B, 3> {
     let [bh, l, d] = xs[0].dims();
     let tables = Rope::new(start + l, d, 10_000.0).tables::<B>(start, l, &Default::default());
     let x = xs[0].clone().reshape([1, bh, l, d]);
     let y = if fused {
-        tables.apply(x)
+        B::rope(&tables, x)
     } else {
         tables.apply_reference(x)
     };
     y.reshape([bh, l, d])
 }
 
-fn check_rope<B: AttentionBackend + AutodiffBackend>() -> f64 {
+fn check_rope<B: KernelBackend + AutodiffBackend>() -> f64 {
     let mut worst: f64 = 0.0;
     for (case, [bh, l]) in SHAPES.into_iter().enumerate() {
         for (d, start) in [(2, 0), (6, 3), (64, 0), (8, 200)] {
@@ -110,7 +106,7 @@ fn check_rope<B: AttentionBackend + AutodiffBackend>() -> f64 {
     worst
 }
 
-fn check_rmsnorm<B: AttentionBackend + AutodiffBackend>() -> f64 {
+fn check_rmsnorm<B: KernelBackend + AutodiffBackend>() -> f64 {
     let mut worst: f64 = 0.0;
     for (case, [b, l]) in SHAPES.into_iter().enumerate() {
         for d in [1, 13, 64] {
@@ -128,7 +124,7 @@ fn check_rmsnorm<B: AttentionBackend + AutodiffBackend>() -> f64 {
     worst
 }
 
-fn check_swiglu<B: AttentionBackend + AutodiffBackend>() -> f64 {
+fn check_swiglu<B: KernelBackend + AutodiffBackend>() -> f64 {
     let mut worst: f64 = 0.0;
     for (case, [b, l]) in SHAPES.into_iter().enumerate() {
         // 300 wide: at 2 x 33 rows, 19,800 values, more than one of the kernel's parallel chunks.
@@ -149,20 +145,20 @@ fn check_swiglu<B: AttentionBackend + AutodiffBackend>() -> f64 {
 }
 
 /// `x W` of `[x, W]` (`W` as `[1, d_in, d_out]`) through a bias-free `Linear`, fused or burn's.
-fn linear<B: AttentionBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
+fn linear<B: KernelBackend>(xs: &[Tensor<B, 3>], fused: bool) -> Tensor<B, 3> {
     let [_, d_in, d_out] = xs[1].dims();
     let layer = Linear {
         weight: Param::initialized(ParamId::new(), xs[1].clone().reshape([d_in, d_out])),
         bias: None,
     };
     if fused {
-        fused_project(&layer, xs[0].clone())
+        B::project(&layer, xs[0].clone())
     } else {
         project(&layer, xs[0].clone())
     }
 }
 
-fn check_linear<B: AttentionBackend + AutodiffBackend>() -> f64 {
+fn check_linear<B: KernelBackend + AutodiffBackend>() -> f64 {
     let mut worst: f64 = 0.0;
     for (case, [b, l]) in SHAPES.into_iter().chain([[3, 50]]).enumerate() {
         for (d_in, d_out) in [(1, 1), (13, 37), (64, 70), (70, 3)] {
@@ -181,7 +177,7 @@ fn check_linear<B: AttentionBackend + AutodiffBackend>() -> f64 {
 }
 
 /// The per-token NLL and the logits' gradient of `sum(weights (.) nll)`.
-fn nll_and_grad<B: AttentionBackend + AutodiffBackend>(
+fn nll_and_grad<B: KernelBackend + AutodiffBackend>(
     logits: &[f64],
     targets: &[i64],
     weights: &[f64],
@@ -194,9 +190,9 @@ fn nll_and_grad<B: AttentionBackend + AutodiffBackend>(
         &Default::default(),
     );
     let nll = if fused {
-        token_nll(z.clone(), t)
+        B::token_nll(z.clone(), t)
     } else {
-        token_nll_reference(z.clone(), t)
+        reference::token_nll(z.clone(), t)
     };
     let grads = (nll.clone() * tensor::<B, 2>(weights, [b, l]))
         .sum()
@@ -207,7 +203,7 @@ fn nll_and_grad<B: AttentionBackend + AutodiffBackend>(
     ]
 }
 
-fn check_cross_entropy<B: AttentionBackend + AutodiffBackend>() -> f64 {
+fn check_cross_entropy<B: KernelBackend + AutodiffBackend>() -> f64 {
     let mut worst: f64 = 0.0;
     for (case, [b, l]) in SHAPES.into_iter().enumerate() {
         for (vocab, scale) in [(1, 1.0), (61, 3.0), (61, 60.0), (300, 8.0)] {
@@ -295,7 +291,10 @@ fn swiglu_module_forward_matches_its_tensor_op_form() {
     );
     let err = relative_error(
         &[values(mlp.forward(x.clone()))],
-        &[values(mlp.forward_reference(x))],
+        &[values(project(
+            &mlp.down,
+            swiglu_gate(project(&mlp.gate, x.clone()), project(&mlp.up, x)),
+        ))],
     );
     assert!(err < 1e-12, "relative error {err:e}");
 }
@@ -308,5 +307,5 @@ fn cross_entropy_names_a_target_outside_the_vocabulary() {
         TensorData::new(vec![1i64, 5], [1, 2]),
         &Default::default(),
     );
-    let _ = token_nll(logits, targets);
+    let _ = F64::token_nll(logits, targets);
 }

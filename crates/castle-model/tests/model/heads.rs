@@ -1,4 +1,5 @@
-//! The fused head layout (`host_attention`: gathering heads from the projection with RoPE, the
+//! The fused head layout (`KernelBackend::castle_attention_projected` and
+//! `causal_attention_projected` on CPU: gathering heads from the projection with RoPE, the
 //! host kernel, merging heads, as one op) against the tensor-op route it replaces (`split_heads`,
 //! `RopeTables::apply_reference`, the reference attention, `merge_heads`): the output and the
 //! projection's gradient, in float64 (relative error < 1e-10) at awkward sizes, and in float32
@@ -10,14 +11,11 @@ use burn::backend::ndarray::NdArray;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use castle_kernels::host::{Castle, Causal};
-use castle_kernels::reference::causal_attention;
-use castle_kernels::reference::{attend, lookahead_scores_naive, CastleHeads};
+use castle_kernels::reference::{
+    attend, causal_attention, lookahead_scores_naive, merge_heads, split_heads, CastleHeads,
+};
 use castle_kernels::rope::Rope;
-use castle_model::attention::baseline;
-use castle_model::attention::castle;
-use castle_model::attention::heads::{host_attention, merge_heads, split_heads};
-use castle_model::AttentionBackend;
+use castle_model::KernelBackend;
 use common::{random_vec, relative_error, rng, values};
 
 type F64 = Autodiff<NdArray<f64>>;
@@ -49,7 +47,7 @@ impl Kind {
 
 /// The attention of the projection `y: [batch, len, parts * heads * d]`, merged to
 /// `[batch, len, heads * d]`: fused, or by the tensor-op route.
-fn attention<B: AttentionBackend>(
+fn attention<B: KernelBackend>(
     y: Tensor<B, 3>,
     kind: Kind,
     heads: usize,
@@ -61,11 +59,9 @@ fn attention<B: AttentionBackend>(
     let rope = Rope::new(len, d, 10_000.0).tables::<B>(0, len, &y.device());
     let rotate = |x| rope.apply_reference(x);
     match (kind, fused) {
-        (Kind::Baseline, true) => {
-            host_attention(y, Causal { block }, baseline::SOURCES, heads, &rope)
-        }
+        (Kind::Baseline, true) => B::causal_attention_projected(y, heads, block, &rope),
         (Kind::Castle(window), true) => {
-            host_attention(y, Castle { window, block }, castle::SOURCES, heads, &rope)
+            B::castle_attention_projected(y, heads, window, block, &rope)
         }
         (Kind::Baseline, false) => {
             let [q, k, v] = <[_; 3]>::try_from(split_heads(y, 3, heads)).expect("three parts");
@@ -89,7 +85,7 @@ fn attention<B: AttentionBackend>(
 }
 
 /// The output and the gradient of `sum(weights (.) out)` with respect to the projection `y`.
-fn output_and_grad<B: AttentionBackend + AutodiffBackend>(
+fn output_and_grad<B: KernelBackend + AutodiffBackend>(
     y: &[f64],
     shape: [usize; 3],
     weights: &[f64],
@@ -109,7 +105,7 @@ fn output_and_grad<B: AttentionBackend + AutodiffBackend>(
 /// The worst relative error of the fused op on `B` against the float64 tensor-op route, over
 /// every kind, one token and lengths not a multiple of the block, batch 1 and 2, 1 and 3 heads,
 /// head dimension 2 and 8.
-fn worst_error<B: AttentionBackend + AutodiffBackend>() -> f64 {
+fn worst_error<B: KernelBackend + AutodiffBackend>() -> f64 {
     let mut worst: f64 = 0.0;
     let mut seed = 0;
     for kind in KINDS {
@@ -155,5 +151,5 @@ fn tables_of_another_length_are_refused() {
     let device = Default::default();
     let y = Tensor::<NdArray<f64>, 3>::zeros([1, 4, 3 * 8], &device);
     let rope = Rope::new(8, 8, 10_000.0).tables(0, 5, &device);
-    let _ = host_attention(y, Causal { block: 4 }, baseline::SOURCES, 1, &rope);
+    let _ = NdArray::<f64>::causal_attention_projected(y, 1, 4, &rope);
 }

@@ -9,10 +9,12 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use castle_model::config::parity_heads;
-use castle_model::lm::token_nll;
 use castle_model::CastleLm;
-use castle_model::{AttentionKind, AttentionPath, ModelConfig};
-use common::{max_abs_diff, random_tokens, relative_error, tiny_config, values};
+use castle_model::{AttentionKind, KernelBackend, ModelConfig};
+use common::{
+    max_abs_diff, random_tokens, reference_logits, relative_error, tiny_config, values, with_block,
+    Scores,
+};
 
 type B = NdArray<f64>;
 const VOCAB: usize = 61;
@@ -30,49 +32,55 @@ fn prefill_then_decode_equals_full_forward() {
         let (batch, len) = (2, 13);
         let tokens = random_tokens::<B>(batch, len, VOCAB, 1, &device);
         let full = model.forward(tokens.clone());
-        for prefill in [1, 6, 12] {
+        // Decoded one token at a time, or `step` at a time (the last step shorter).
+        for (prefill, step) in [(1, 1), (6, 1), (12, 1), (4, 3)] {
             let (prompt_logits, mut cache) =
                 model.prefill(tokens.clone().slice([0..batch, 0..prefill]));
             let mut logits = vec![prompt_logits];
-            for t in prefill..len {
-                logits.push(model.decode(tokens.clone().slice([0..batch, t..t + 1]), &mut cache));
+            for t in (prefill..len).step_by(step) {
+                let new = tokens.clone().slice([0..batch, t..(t + step).min(len)]);
+                logits.push(model.decode(new, &mut cache));
             }
             assert_eq!(cache.len(), len);
             let err = max_abs_diff(&values(full.clone()), &values(Tensor::cat(logits, 1)));
             assert!(
                 err < 1e-10,
-                "{kind}, prefill {prefill}: max abs error {err:e}"
+                "{kind}, prefill {prefill}, step {step}: max abs error {err:e}"
             );
         }
     }
 }
 
 #[test]
-fn naive_chunked_and_fused_forward_agree() {
+fn forward_agrees_with_the_naive_and_chunked_references() {
     let device = Default::default();
     for kind in KINDS {
         let model = tiny_config(kind).init::<B>(VOCAB, &device);
         let tokens = random_tokens::<B>(1, 19, VOCAB, 2, &device);
-        let naive = values(model.forward_with(tokens.clone(), AttentionPath::Naive));
+        let naive = values(reference_logits(&model, tokens.clone(), Scores::Naive));
         for block in [1, 4, 7, 32] {
-            for path in [
-                AttentionPath::Chunked { block },
-                AttentionPath::Kernel { block },
+            let chunked = reference_logits(&model, tokens.clone(), Scores::Chunked(block));
+            let model = with_block(model.clone(), block);
+            for (what, other) in [
+                ("chunked", chunked),
+                ("fused", model.forward(tokens.clone())),
             ] {
-                let other = values(model.forward_with(tokens.clone(), path));
-                let err = max_abs_diff(&naive, &other);
-                assert!(err < 1e-10, "{kind}, {path:?}: max abs error {err:e}");
+                let err = max_abs_diff(&naive, &values(other));
+                assert!(
+                    err < 1e-10,
+                    "{kind}, {what} block {block}: max abs error {err:e}"
+                );
             }
         }
     }
 }
 
-/// Every parameter's gradient of the mean next-token loss on `tokens` by attention `path`, in
-/// visiting order.
+/// Every parameter's gradient of the mean next-token loss on `tokens`, by the model's own
+/// forward (`fused`) or the chunked reference, in visiting order.
 fn parameter_gradients(
     model: &CastleLm<Autodiff<B>>,
     tokens: &Tensor<Autodiff<B>, 2, Int>,
-    path: AttentionPath,
+    fused: bool,
 ) -> Vec<Vec<f64>> {
     struct Collect<'a>(
         &'a <Autodiff<B> as AutodiffBackend>::Gradients,
@@ -88,24 +96,26 @@ fn parameter_gradients(
     let [batch, len] = tokens.dims();
     let inputs = tokens.clone().slice([0..batch, 0..len - 1]);
     let targets = tokens.clone().slice([0..batch, 1..len]);
-    let grads = token_nll(model.forward_with(inputs, path), targets)
-        .mean()
-        .backward();
+    let logits = match fused {
+        true => model.forward(inputs),
+        false => reference_logits(model, inputs, Scores::Chunked(4)),
+    };
+    let grads = Autodiff::<B>::token_nll(logits, targets).mean().backward();
     let mut collect = Collect(&grads, vec![]);
     model.visit(&mut collect);
     collect.1
 }
 
 #[test]
-fn kernel_and_chunked_paths_give_every_parameter_the_same_gradient() {
+fn fused_forward_and_chunked_reference_give_every_parameter_the_same_gradient() {
     let device = Default::default();
     for kind in KINDS {
         let model = tiny_config(kind).init::<Autodiff<B>>(VOCAB, &device);
         for (batch, len) in [(1, 2), (2, 14)] {
             let tokens = random_tokens(batch, len, VOCAB, 4, &device);
             // Lengths 1 and 13 against the tiny model's block of 4.
-            let chunked = parameter_gradients(&model, &tokens, AttentionPath::Chunked { block: 4 });
-            let kernel = parameter_gradients(&model, &tokens, AttentionPath::Kernel { block: 4 });
+            let chunked = parameter_gradients(&model, &tokens, false);
+            let kernel = parameter_gradients(&model, &tokens, true);
             // embedding + 2 x (2 norms + 2 attention + 3 MLP matrices) + final norm
             assert_eq!(kernel.len(), 16);
             for (i, (k, c)) in kernel.iter().zip(&chunked).enumerate() {

@@ -1,5 +1,5 @@
 //! The fused LM head + cross-entropy (`kernels::lm_loss`) against its tensor-op form (the
-//! logits `x W^T`, then `token_nll_reference`): values and the gradients of `x` and `W` in
+//! logits `x W^T`, then `reference::token_nll`): values and the gradients of `x` and `W` in
 //! float64 (relative error < 1e-10) at awkward sizes (one token; 307 rows, which no thread count
 //! splits into equal chunks of at most 256; vocabularies of 1, 61, 300 and 1100 (three `dW`
 //! blocks); widths 1, 5 and 13; logits out to +-60), in float32 on `Flex` against the float64
@@ -15,8 +15,8 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
 use castle_kernels::host::lm_loss::LmHeadLoss;
-use castle_model::lm::{token_nll, token_nll_reference};
-use castle_model::{AttentionBackend, AttentionKind, CastleLm};
+use castle_kernels::reference::token_nll;
+use castle_model::{AttentionKind, CastleLm, KernelBackend};
 use common::{random_tokens, random_vec, relative_error, rng, tiny_config, values};
 
 type F64 = Autodiff<NdArray<f64>>;
@@ -65,18 +65,17 @@ impl Case {
 
     /// The NLL and the gradients of `sum(weights (.) nll)` with respect to `x` and `w`, fused
     /// or through materialised logits.
-    fn nll_and_grads<B: AttentionBackend + AutodiffBackend>(&self, fused: bool) -> Vec<Vec<f64>> {
+    fn nll_and_grads<B: KernelBackend + AutodiffBackend>(&self, fused: bool) -> Vec<Vec<f64>> {
         let (n, d, v) = (self.tokens, self.d, self.vocab);
         let x = tensor::<B, 2>(&self.x, [n, d]).require_grad();
         let w = tensor::<B, 2>(&self.w, [v, d]).require_grad();
+        let ids = self.targets.iter().map(|&t| t as i64).collect();
+        let t = Tensor::from_data(TensorData::new(ids, [1, n]), &Default::default());
         let nll = if fused {
-            let op = LmHeadLoss::new(d, v, self.targets.clone());
-            B::host_op(op, [x.clone().reshape([-1]), w.clone().reshape([-1])])
+            B::lm_head_nll(x.clone().reshape([1, n, d]), w.clone(), t).reshape([n])
         } else {
             let logits = x.clone().matmul(w.clone().transpose()).reshape([1, n, v]);
-            let ids = self.targets.iter().map(|&t| t as i64).collect();
-            let t = Tensor::from_data(TensorData::new(ids, [1, n]), &Default::default());
-            token_nll_reference(logits, t).reshape([n])
+            token_nll(logits, t).reshape([n])
         };
         let grads = (nll.clone() * tensor::<B, 1>(&self.weights, [n]))
             .sum()
@@ -90,7 +89,7 @@ impl Case {
 }
 
 /// The worst relative error of the fused op in `B` against the float64 tensor-op form.
-fn check_lm_loss<B: AttentionBackend + AutodiffBackend>() -> f64 {
+fn check_lm_loss<B: KernelBackend + AutodiffBackend>() -> f64 {
     let mut worst: f64 = 0.0;
     let shapes = [
         (1, 13, 1.0),
@@ -156,7 +155,7 @@ fn gradients<B: AutodiffBackend>(model: &CastleLm<B>, grads: &B::Gradients) -> V
 
 /// For a tied and an untied head at batch 1 and 2: the worst relative error of
 /// `CastleLm::token_nll`'s losses and parameter gradients against `forward` + `token_nll`.
-fn check_model<B: AttentionBackend + AutodiffBackend>(dtype: Option<DType>) -> f64 {
+fn check_model<B: KernelBackend + AutodiffBackend>(dtype: Option<DType>) -> f64 {
     const VOCAB: usize = 67;
     let device = Default::default();
     let mut worst: f64 = 0.0;
@@ -184,7 +183,7 @@ fn check_model<B: AttentionBackend + AutodiffBackend>(dtype: Option<DType>) -> f
                 all
             };
             let fused = run(model.token_nll(input.clone(), target.clone()));
-            let reference = run(token_nll(model.forward(input), target));
+            let reference = run(B::token_nll(model.forward(input), target));
             let err = relative_error(&fused, &reference);
             println!("tied {tied} batch {batch} {dtype:?}: {err:.2e}");
             worst = worse(err, worst);

@@ -10,11 +10,11 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
-use castle_kernels::precision::to_dtype;
-use castle_kernels::AttentionBackend;
-use castle_model::lm::token_nll;
-use castle_model::{AttentionKind, AttentionPath, CastleLm};
-use common::{random_tokens, random_vec, rng, tiny_config, values};
+use castle_kernels::precision::{project, to_dtype};
+use castle_kernels::reference::{rms_norm, swiglu_gate};
+use castle_kernels::KernelBackend;
+use castle_model::{AttentionKind, CastleLm};
+use common::{random_tokens, random_vec, reference_logits, rng, tiny_config, values, Scores};
 
 type B = Autodiff<Flex>;
 
@@ -33,7 +33,7 @@ fn relative_error(a: &[f64], b: &[f64]) -> f64 {
 
 /// `model` computing in `dtype`. Its parameters are read first: burn initialises them lazily,
 /// and a clone of an unread parameter would draw its own random values.
-fn computing_in<B: AttentionBackend>(model: &CastleLm<B>, dtype: DType) -> CastleLm<B> {
+fn computing_in<B: KernelBackend>(model: &CastleLm<B>, dtype: DType) -> CastleLm<B> {
     struct Read;
     impl<B: Backend> ModuleVisitor<B> for Read {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -58,13 +58,12 @@ fn bf16_forward_matches_f32_within_bf16_precision_on_every_path() {
         let half = bf16(&model);
         for (batch, len) in [(1, 1), (2, 13), (1, 21)] {
             let tokens = random_tokens::<B>(batch, len, VOCAB, 5, &device);
-            for path in [
-                AttentionPath::Kernel { block: 4 },
-                AttentionPath::Chunked { block: 4 },
-                AttentionPath::Naive,
-            ] {
-                let full = model.forward_with(tokens.clone(), path);
-                let mixed = half.forward_with(tokens.clone(), path);
+            for path in [None, Some(Scores::Chunked(4)), Some(Scores::Naive)] {
+                let logits = |m: &CastleLm<B>| match path {
+                    None => m.forward(tokens.clone()),
+                    Some(scores) => reference_logits(m, tokens.clone(), scores),
+                };
+                let (full, mixed) = (logits(&model), logits(&half));
                 assert_eq!(mixed.dtype(), DType::F32, "logits return to f32");
                 let err = relative_error(&values(full), &values(mixed));
                 println!("{kind} {batch}x{len} {path:?}: logits error {err:.2e}");
@@ -86,17 +85,15 @@ fn tensor_op_layers_take_bf16_inputs() {
         &device,
     );
     let xh = to_dtype(x.clone(), DType::BF16);
+    let norm = |x| rms_norm(x, block.attn_norm.gamma.val(), block.attn_norm.eps);
+    let mlp = &block.mlp;
+    let swiglu = |x: Tensor<B, 3>| {
+        let h = swiglu_gate(project(&mlp.gate, x.clone()), project(&mlp.up, x));
+        project(&mlp.down, h)
+    };
     for (name, full, mixed) in [
-        (
-            "rmsnorm",
-            block.attn_norm.forward_reference(x.clone()),
-            block.attn_norm.forward_reference(xh.clone()),
-        ),
-        (
-            "swiglu",
-            block.mlp.forward_reference(x.clone()),
-            block.mlp.forward_reference(xh.clone()),
-        ),
+        ("rmsnorm", norm(x.clone()), norm(xh.clone())),
+        ("swiglu", swiglu(x.clone()), swiglu(xh.clone())),
     ] {
         assert_eq!(mixed.dtype(), DType::BF16, "{name}");
         let err = relative_error(&values(full), &values(mixed));
@@ -111,7 +108,7 @@ fn tensor_op_layers_take_bf16_inputs() {
 }
 
 /// Every parameter's gradient, flattened, with its float type.
-fn gradients<B: AutodiffBackend + AttentionBackend>(
+fn gradients<B: AutodiffBackend + KernelBackend>(
     model: &CastleLm<B>,
     grads: &B::Gradients,
 ) -> Vec<(DType, Vec<f64>)> {
@@ -131,7 +128,7 @@ fn gradients<B: AutodiffBackend + AttentionBackend>(
 }
 
 /// `model`'s and `half`'s parameter gradients on one batch: f32 both, and within `tolerance`.
-fn gradients_agree<B: AutodiffBackend + AttentionBackend>(
+fn gradients_agree<B: AutodiffBackend + KernelBackend>(
     kind: AttentionKind,
     model: &CastleLm<B>,
     half: &CastleLm<B>,
@@ -144,7 +141,7 @@ fn gradients_agree<B: AutodiffBackend + AttentionBackend>(
         tokens.slice([0..batch, 1..len]),
     );
     let grads_of = |m: &CastleLm<B>| {
-        let loss = token_nll(m.forward(input.clone()), target.clone()).mean();
+        let loss = B::token_nll(m.forward(input.clone()), target.clone()).mean();
         assert_eq!(loss.dtype(), DType::F32, "the loss is f32");
         gradients(m, &loss.backward())
     };

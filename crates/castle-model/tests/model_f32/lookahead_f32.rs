@@ -25,9 +25,8 @@ fn autodiff_backend_forward_matches_reference() {
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use castle_model::lm::token_nll;
-use castle_model::{AttentionKind, AttentionPath};
-use common::{random_tokens, tiny_config, values};
+use castle_model::{AttentionKind, KernelBackend};
+use common::{random_tokens, reference_logits, tiny_config, values, with_block, Scores};
 
 /// Every parameter's gradient, flattened, in visiting order.
 struct Gradients<'a, B: AutodiffBackend> {
@@ -54,18 +53,21 @@ fn chunked_and_fused_gradients_match_naive_for_every_parameter() {
         AttentionKind::Castle,
         AttentionKind::CastleSwl,
     ];
-    for (kind, path) in kinds.into_iter().flat_map(|k| {
-        [
-            (k, AttentionPath::Chunked { block: 5 }),
-            (k, AttentionPath::Kernel { block: 5 }),
-        ]
-    }) {
-        let model = tiny_config(kind).init::<B>(53, &device);
+    // `None`: the model's own forward (its kernels).
+    for (kind, path) in kinds
+        .into_iter()
+        .flat_map(|k| [(k, Some(Scores::Chunked(5))), (k, None)])
+    {
+        let model = with_block(tiny_config(kind).init::<B>(53, &device), 5);
         let tokens = random_tokens::<B>(2, 14, 53, 5, &device);
-        let gradients = |path| {
+        let gradients = |path: Option<Scores>| {
             let inputs = tokens.clone().slice([0..2, 0..13]);
             let targets = tokens.clone().slice([0..2, 1..14]);
-            let loss = token_nll(model.forward_with(inputs, path), targets).mean();
+            let logits = match path {
+                None => model.forward(inputs),
+                Some(scores) => reference_logits(&model, inputs, scores),
+            };
+            let loss = B::token_nll(logits, targets).mean();
             let grads = loss.backward();
             let mut visitor = Gradients::<B> {
                 grads: &grads,
@@ -74,7 +76,7 @@ fn chunked_and_fused_gradients_match_naive_for_every_parameter() {
             model.visit(&mut visitor);
             visitor.collected
         };
-        let naive = gradients(AttentionPath::Naive);
+        let naive = gradients(Some(Scores::Naive));
         let other = gradients(path);
         // embedding + 2 x (2 norms + 2 attention + 3 MLP matrices) + final norm
         assert_eq!(naive.len(), 16);

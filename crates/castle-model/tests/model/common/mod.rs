@@ -8,11 +8,15 @@ mod kernels;
 pub use kernels::*;
 
 use burn::prelude::*;
+use castle_kernels::precision::{project, to_dtype};
 use castle_kernels::reference::{
-    attend, lookahead_scores_chunked, lookahead_scores_naive, CastleHeads,
+    attend, causal_attention, lookahead_scores_chunked, lookahead_scores_naive, merge_heads,
+    rms_norm, split_heads, swiglu_gate, CastleHeads,
 };
 use castle_model::attention::UqKvCache;
-use castle_model::AttentionBackend;
+use castle_model::layers::RmsNorm;
+use castle_model::lm::Attention;
+use castle_model::{CastleLm, KernelBackend};
 use rand::Rng;
 
 /// Which way to compute the attention output.
@@ -22,11 +26,11 @@ pub enum Path {
     Chunked(usize),
     /// Prefill this many positions, then decode the rest one at a time.
     Cached(usize),
-    /// The backend's fused kernel (`AttentionBackend::castle_attention`) with this block size.
+    /// The backend's fused kernel (`KernelBackend::castle_attention`) with this block size.
     Fused(usize),
 }
 
-pub fn run_path<B: AttentionBackend>(x: &RawHeads, window: Option<usize>, path: Path) -> Vec<f64> {
+pub fn run_path<B: KernelBackend>(x: &RawHeads, window: Option<usize>, path: Path) -> Vec<f64> {
     let device = Default::default();
     let l = x.shape[2];
     let out = match path {
@@ -71,7 +75,7 @@ pub fn cases() -> Vec<(usize, Option<usize>, Path)> {
     cases
 }
 
-pub fn check_against_reference<B: AttentionBackend>(
+pub fn check_against_reference<B: KernelBackend>(
     tolerance: f64,
     batch: usize,
     heads: usize,
@@ -111,4 +115,86 @@ pub fn random_tokens<B: Backend>(
         .map(|_| r.random_range(0..vocab as i64))
         .collect();
     Tensor::from_data(TensorData::new(ids, [batch, len]), device)
+}
+
+/// How [`reference_logits`] computes CASTLE's lookahead scores.
+#[derive(Debug, Clone, Copy)]
+pub enum Scores {
+    /// Theorem 1's O(L^3) parallel form.
+    Naive,
+    /// The O(L^2 d) chunked form with this block size.
+    Chunked(usize),
+}
+
+/// `model`'s logits for `tokens` from position 0, computed from its parameters with
+/// castle-kernels' tensor-op references only (none of the backend's kernels): the reference
+/// the model's own forward is tested against.
+pub fn reference_logits<B: Backend>(
+    model: &CastleLm<B>,
+    tokens: Tensor<B, 2, Int>,
+    scores: Scores,
+) -> Tensor<B, 3> {
+    let norm = |n: &RmsNorm<B>, x: Tensor<B, 3>| rms_norm(x, n.gamma.val(), n.eps);
+    let rope = model
+        .rope
+        .tables::<B>(0, tokens.dims()[1], &tokens.device());
+    let rotate = |x: &Tensor<B, 4>| rope.apply_reference(x.clone());
+    let mut x = model.embed.forward(tokens);
+    if let Some(dtype) = model.compute_dtype {
+        x = to_dtype(x, dtype);
+    }
+    for block in &model.blocks {
+        let h = norm(&block.attn_norm, x.clone());
+        let o = match &block.attn {
+            Attention::Baseline(attn) => {
+                let p = split_heads(project(&attn.qkv, h), 3, attn.n_heads);
+                let o = causal_attention(rotate(&p[0]), rotate(&p[1]), p[2].clone());
+                project(&attn.out, merge_heads(o))
+            }
+            Attention::Castle(attn) => {
+                let p = split_heads(project(&attn.in_proj, h), 6, attn.n_heads);
+                let heads = CastleHeads {
+                    qu: rotate(&p[0]),
+                    ku: rotate(&p[1]),
+                    vu: p[2].clone(),
+                    qc: rotate(&p[3]),
+                    kc: rotate(&p[4]),
+                    vc: p[5].clone(),
+                    qc_nope: p[3].clone(),
+                };
+                let s = match scores {
+                    Scores::Naive => lookahead_scores_naive(&heads, attn.window),
+                    Scores::Chunked(block) => lookahead_scores_chunked(&heads, attn.window, block),
+                };
+                project(&attn.out, merge_heads(attend(&heads, s)))
+            }
+        };
+        x = x + o;
+        let h = norm(&block.mlp_norm, x.clone());
+        let mlp = &block.mlp;
+        let gate = swiglu_gate(project(&mlp.gate, h.clone()), project(&mlp.up, h));
+        x = x.clone() + project(&mlp.down, gate);
+    }
+    let x = norm(&model.norm, x);
+    let weight = model.embed.weight.val();
+    let dtype = weight.dtype();
+    let logits = match &model.lm_head {
+        Some(head) => project(head, x),
+        None => x
+            .clone()
+            .matmul(to_dtype(weight, x.dtype()).transpose().unsqueeze()),
+    };
+    to_dtype(logits, dtype)
+}
+
+/// `model` with its attention layers' kernel block size set to `block`.
+pub fn with_block<B: Backend>(mut model: CastleLm<B>, block: usize) -> CastleLm<B> {
+    model.config.block_size = block;
+    for b in &mut model.blocks {
+        match &mut b.attn {
+            Attention::Baseline(attn) => attn.block = block,
+            Attention::Castle(attn) => attn.block = block,
+        }
+    }
+    model
 }

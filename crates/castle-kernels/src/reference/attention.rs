@@ -1,5 +1,5 @@
-//! The attentions in burn tensor ops: the references the kernels are tested against, and what a
-//! backend without kernels runs (docs/castle.md, sections 1-3).
+//! The attentions in burn tensor ops: the references the attention kernels are tested against,
+//! and what a backend without them runs (docs/castle.md, sections 1-3).
 //!
 //! `S_U[t, i] = s * qC_t . u_i^t` is computed two exact ways:
 //! - [`lookahead_scores_naive`]: Theorem 1, `S_U = A B^T`, O(L^3); the reference.
@@ -8,6 +8,8 @@
 //!
 //! [`attend`] turns `S_U` into the attention output (eq. 5-8); [`causal_attention`] is the
 //! baseline's.
+
+use std::ops::Range;
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -29,6 +31,23 @@ pub struct CastleHeads<B: Backend> {
 }
 
 impl<B: Backend> CastleHeads<B> {
+    /// The positions `range` of every head.
+    pub fn positions(&self, range: Range<usize>) -> Self {
+        let p = |x: &Tensor<B, 4>| {
+            let [b, h, _, d] = x.dims();
+            x.clone().slice([0..b, 0..h, range.clone(), 0..d])
+        };
+        Self {
+            qu: p(&self.qu),
+            ku: p(&self.ku),
+            vu: p(&self.vu),
+            qc: p(&self.qc),
+            kc: p(&self.kc),
+            vc: p(&self.vc),
+            qc_nope: p(&self.qc_nope),
+        }
+    }
+
     /// The heads in at least f32 ([`widen`]): the tensor-op forms below accumulate softmax
     /// statistics and the lookahead prefix sums in f32 under bf16 compute.
     pub fn widened(&self) -> Self {
