@@ -21,9 +21,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::api::{self, CompletionRequest, Prompt};
 use crate::engine::{Event, Finish, Job, Sequence};
-use crate::error::ApiError;
-use crate::http::{body, AppState};
+use crate::error::{body, ApiError};
 use crate::logprobs::{char_count, token_text, Scored};
+use crate::state::AppState;
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use burn::prelude::*;
 use castle_data::Tok;
 use castle_eval::generate::{sample, Rng, SamplingOptions, TextStream};
-use castle_model::{AttentionBackend, CastleLm, LmCache};
+use castle_model::{CastleLm, KernelBackend, LmCache};
 use rand::SeedableRng;
 use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
@@ -81,7 +81,7 @@ pub enum Event {
 }
 
 /// A generation between its steps.
-struct Running<B: AttentionBackend> {
+struct Running<B: KernelBackend> {
     index: usize,
     events: UnboundedSender<Event>,
     sequence: Sequence,
@@ -94,7 +94,7 @@ struct Running<B: AttentionBackend> {
 }
 
 /// The engine's state: the model and what it needs to turn logits into events.
-pub struct Engine<'a, B: AttentionBackend> {
+pub struct Engine<'a, B: KernelBackend> {
     pub model: &'a CastleLm<B>,
     pub tokenizer: Arc<Tok>,
     pub device: B::Device,
@@ -102,7 +102,7 @@ pub struct Engine<'a, B: AttentionBackend> {
     pub batch_tokens: usize,
 }
 
-impl<B: AttentionBackend> Engine<'_, B> {
+impl<B: KernelBackend> Engine<'_, B> {
     /// Serves `jobs` until every sender is gone and every generation has finished.
     pub fn run(&self, jobs: Receiver<Job>) {
         let mut running: Vec<Running<B>> = vec![];
@@ -315,7 +315,7 @@ impl<B: AttentionBackend> Engine<'_, B> {
 }
 
 /// Logits on the host as f32 (the model returns them in the parameters' type, f32).
-fn host<B: AttentionBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
+fn host<B: KernelBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
     // `into_vec` fails only on another element type, which `convert` has just ruled out (a
     // buffer it cannot take as is, it copies).
     logits

@@ -1,6 +1,8 @@
 //! Errors as OpenAI's API returns them: `{"error": {"message", "type", "param", "code"}}` with a
 //! 4xx status that says whose fault it is and `param` naming the request field at fault.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -59,4 +61,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body())).into_response()
     }
+}
+
+/// The body, or the error for one that could not be read (413 over the limit).
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        let message = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is over the server's limit (castle-serve --max-body-bytes)".into()
+        } else {
+            r.body_text()
+        };
+        ApiError::new(r.status(), message)
+    })
 }

@@ -2,8 +2,6 @@
 //! stop on SIGINT/SIGTERM (requests in flight finish first). `POST /v1/completions` is in
 //! [`crate::completions`].
 
-use std::sync::atomic::AtomicU64;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -14,27 +12,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use castle_data::Tok;
 use serde_json::json;
 
 use crate::api;
-use crate::engine::Job;
-use crate::error::ApiError;
-use crate::model::ModelInfo;
-
-/// What every handler shares.
-pub struct AppState {
-    pub jobs: Sender<Job>,
-    pub tokenizer: Arc<Tok>,
-    pub info: ModelInfo,
-    pub vocab_size: usize,
-    /// `Authorization: Bearer KEY` required on every endpoint but `/health`.
-    pub api_key: Option<String>,
-    /// Numbers the responses' ids.
-    pub requests: AtomicU64,
-    /// Unix seconds at start (`created` of the model).
-    pub started: u64,
-}
+use crate::error::{body, ApiError};
+use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let guarded = Router::new()
@@ -80,18 +62,6 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         }
     }
     next.run(request).await
-}
-
-/// The body, or the error for one that could not be read (413 over the limit).
-pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|r| {
-        let message = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "the request body is over the server's limit (castle-serve --max-body-bytes)".into()
-        } else {
-            r.body_text()
-        };
-        ApiError::new(r.status(), message)
-    })
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

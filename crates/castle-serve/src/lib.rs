@@ -6,7 +6,8 @@
 //! - [`api`]: the requests, checked field by field; [`error`]: OpenAI's error object;
 //! - [`engine`]: the thread that owns the model, batching what is queued;
 //! - [`logprobs`]: a position's log-probabilities and how tokens are written;
-//! - [`http`]: routes, API key, body limit, shutdown; [`completions`]: `/v1/completions`.
+//! - [`http`]: routes, API key, body limit, shutdown; [`state`]: what the handlers share;
+//!   [`completions`]: `/v1/completions`.
 
 pub mod api;
 pub mod completions;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod logprobs;
 pub mod model;
+pub mod state;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -23,11 +25,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
-use castle_model::AttentionBackend;
+use castle_model::KernelBackend;
 
 use crate::engine::Engine;
-use crate::http::{router, AppState};
+use crate::http::router;
 use crate::model::Served;
+use crate::state::AppState;
 
 /// Who may call the server and how it batches.
 #[derive(Debug, Clone)]
@@ -67,7 +70,7 @@ pub fn bind(host: &str, port: u16) -> Result<Listening> {
 
 /// Serves `served` on `listening` until `shutdown` resolves (the binary: SIGINT or SIGTERM,
 /// [`http::shutdown_signal`]), then finishes the requests in flight and returns.
-pub fn serve<B: AttentionBackend>(
+pub fn serve<B: KernelBackend>(
     served: &Served<B>,
     device: B::Device,
     options: &Options,

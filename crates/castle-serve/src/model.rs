@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use castle_data::Tok;
 use castle_eval::load::{resolve, Loaded};
 use castle_model::safetensors::{self, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
-use castle_model::{AttentionBackend, AttentionKind, CastleLm};
+use castle_model::{AttentionKind, CastleLm, KernelBackend};
 use castle_train::checkpoint::Checkpoint;
 use castle_train::config::BackendKind;
 
@@ -62,13 +62,13 @@ pub struct ModelInfo {
 }
 
 /// A loaded model with its tokenizer.
-pub struct Served<B: AttentionBackend> {
+pub struct Served<B: KernelBackend> {
     pub model: CastleLm<B>,
     pub tokenizer: Arc<Tok>,
     pub info: ModelInfo,
 }
 
-impl<B: AttentionBackend> Served<B> {
+impl<B: KernelBackend> Served<B> {
     pub fn load(source: Source, device: &B::Device) -> Result<Self> {
         match source {
             Source::Checkpoint(ckpt) => {
