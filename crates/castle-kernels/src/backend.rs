@@ -16,7 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Element, TensorPrimitive};
 
-use crate::device::{tracked_device, DeviceAttention, DeviceForward};
+use crate::device::{tracked_device, AttentionOp, DeviceForward};
 use crate::host::adamw::{adamw_step_tensors, AdamWStep};
 use crate::host::cross_entropy::CrossEntropyRows;
 use crate::host::heads::{Projected, Source, CASTLE_SOURCES, CAUSAL_SOURCES};
@@ -52,7 +52,7 @@ pub trait KernelBackend: Backend {
         if Self::HOST_KERNELS {
             Self::host_kernel(Castle { window, block }, inputs())
         } else if Self::DEVICE_KERNELS {
-            Self::device_kernel(DeviceAttention::Castle { window }, inputs())
+            Self::device_kernel(AttentionOp::Castle { window }, inputs())
         } else {
             attend(h, lookahead_scores_chunked(h, window, block))
         }
@@ -68,7 +68,7 @@ pub trait KernelBackend: Backend {
         if Self::HOST_KERNELS {
             Self::host_kernel(Causal { block }, [q, k, v])
         } else if Self::DEVICE_KERNELS {
-            Self::device_kernel(DeviceAttention::Causal, [q, k, v])
+            Self::device_kernel(AttentionOp::Causal, [q, k, v])
         } else {
             reference::causal_attention(q, k, v)
         }
@@ -194,7 +194,7 @@ pub trait KernelBackend: Backend {
 
     /// Runs the device kernel `attention` on `inputs` (`[batch, heads, len, d]` each).
     fn device_kernel<const N: usize>(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         inputs: [Tensor<Self, 4>; N],
     ) -> Tensor<Self, 4> {
         let inputs = inputs.into_iter().map(|x| x.into_primitive().tensor());
@@ -205,7 +205,7 @@ pub trait KernelBackend: Backend {
     /// Forward pass of a device kernel: the output and what its backward pass keeps. Only
     /// called when [`Self::DEVICE_KERNELS`] says so.
     fn device_forward(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         _inputs: Vec<FloatTensor<Self>>,
     ) -> DeviceForward<Self> {
         panic!("{attention:?} has no device kernel on this backend")
@@ -213,7 +213,7 @@ pub trait KernelBackend: Backend {
 
     /// Gradients of a device kernel's inputs given `d_out = dLoss/d(output)`.
     fn device_backward(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         _inputs: Vec<FloatTensor<Self>>,
         _out: FloatTensor<Self>,
         _saved: Vec<FloatTensor<Self>>,
@@ -354,7 +354,7 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     const DEVICE_KERNELS: bool = B::DEVICE_KERNELS;
 
     fn device_kernel<const N: usize>(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         inputs: [Tensor<Self, 4>; N],
     ) -> Tensor<Self, 4> {
         tracked_device::<B, C, N>(attention, inputs, B::device_forward, B::device_backward)

@@ -14,9 +14,10 @@ use burn::tensor::TensorPrimitive;
 
 use crate::autodiff::{tracked, NodeState};
 
-/// The attentions a backend may run as device kernels; inputs `[batch, heads, len, d]` each.
+/// Which attention a kernel computes: what selects a device kernel, and what the memory
+/// functions (`crate::memory`) are asked about. Inputs `[batch, heads, len, d]` each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceAttention {
+pub enum AttentionOp {
     /// Causal softmax attention, inputs `q, k, v`.
     Causal,
     /// CASTLE (eq. 3-8; eq. 9 with a window), inputs in
@@ -24,7 +25,7 @@ pub enum DeviceAttention {
     Castle { window: Option<usize> },
 }
 
-impl DeviceAttention {
+impl AttentionOp {
     /// How many `[batch, heads, len, d]` inputs the kernel takes.
     pub fn inputs(self) -> usize {
         match self {
@@ -68,12 +69,12 @@ pub type DeviceForward<B> = (FloatTensor<B>, Vec<FloatTensor<B>>);
 
 /// A device kernel's forward pass: its inputs to its output and what its backward pass keeps
 /// (`crate::KernelBackend::device_forward`).
-pub type DeviceForwardFn<B> = fn(DeviceAttention, Vec<FloatTensor<B>>) -> DeviceForward<B>;
+pub type DeviceForwardFn<B> = fn(AttentionOp, Vec<FloatTensor<B>>) -> DeviceForward<B>;
 
 /// A device kernel's backward pass: inputs, output, saved tensors and `dLoss/d(output)` to the
 /// inputs' gradients (`crate::KernelBackend::device_backward`).
 pub type DeviceBackwardFn<B> = fn(
-    DeviceAttention,
+    AttentionOp,
     Vec<FloatTensor<B>>,
     FloatTensor<B>,
     Vec<FloatTensor<B>>,
@@ -83,7 +84,7 @@ pub type DeviceBackwardFn<B> = fn(
 /// What a tracked device kernel keeps: its inputs, its output and its own saved tensors.
 #[derive(Debug)]
 struct DeviceState<B: Backend> {
-    kernel: DeviceAttention,
+    kernel: AttentionOp,
     backward: DeviceBackwardFn<B>,
     inputs: Vec<FloatTensor<B>>,
     out: FloatTensor<B>,
@@ -105,7 +106,7 @@ impl<B: Backend> NodeState<B> for DeviceState<B> {
 /// A device kernel's `forward` as one node of the autodiff graph, with `backward` its backward
 /// pass.
 pub(super) fn tracked_device<B, C, const N: usize>(
-    kernel: DeviceAttention,
+    kernel: AttentionOp,
     inputs: [Tensor<Autodiff<B, C>, 4>; N],
     forward: DeviceForwardFn<B>,
     backward: DeviceBackwardFn<B>,

@@ -27,5 +27,5 @@ pub mod reference;
 pub mod rope;
 
 pub use backend::{KernelBackend, TrainBackend};
-pub use device::DeviceAttention;
+pub use device::AttentionOp;
 pub use host::Elem;

@@ -2,7 +2,7 @@
 //! backward pass allocates: the numbers a training memory plan needs (castle-train's
 //! `memory_estimate`), computed here next to the kernels they describe.
 
-use crate::device::{CASTLE_TARGET_CUBES, CASTLE_TILE};
+use crate::device::{AttentionOp, CASTLE_TARGET_CUBES, CASTLE_TILE};
 use crate::host::blocks::Blocking;
 
 /// `L x L` elements one head's host kernel or chunked form keeps, by block geometry (lengths
@@ -34,42 +34,21 @@ impl HeadGeometry {
     }
 }
 
-/// Which attention, as the memory functions see it: the baseline, or CASTLE with this
-/// lookahead window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionShape {
-    Causal,
-    Castle { window: Option<usize> },
-}
-
-impl AttentionShape {
-    /// Inputs per head: `q, k, v`, or CASTLE's seven.
-    pub fn inputs(self) -> u64 {
-        match self {
-            Self::Causal => 3,
-            Self::Castle { .. } => 7,
-        }
-    }
-
-    fn window(self) -> Option<usize> {
-        match self {
-            Self::Causal => None,
-            Self::Castle { window } => window,
-        }
-    }
-}
-
 /// f32 elements one head of a host attention kernel (`crate::host::Castle`, `Causal`) keeps
 /// between its forward and backward passes, at `len` positions of `d` with blocks of `block`:
 /// the inputs' host copies, the output (padded rows), the probabilities, and for CASTLE
 /// `SiLU'(S_U)`, the lookahead band and the diagonal blocks.
-pub fn host_attention_saved(attention: AttentionShape, len: usize, d: usize, block: usize) -> u64 {
-    let geo = HeadGeometry::new(len, d, block, attention.window());
-    let quadratic = match attention {
-        AttentionShape::Castle { .. } => 2 * geo.lower + geo.band + geo.diag,
-        AttentionShape::Causal => geo.lower,
+pub fn host_attention_saved(attention: AttentionOp, len: usize, d: usize, block: usize) -> u64 {
+    let window = match attention {
+        AttentionOp::Causal => None,
+        AttentionOp::Castle { window } => window,
     };
-    attention.inputs() * (len * d) as u64 + geo.padded * d as u64 + quadratic
+    let geo = HeadGeometry::new(len, d, block, window);
+    let quadratic = match attention {
+        AttentionOp::Castle { .. } => 2 * geo.lower + geo.band + geo.diag,
+        AttentionOp::Causal => geo.lower,
+    };
+    (attention.inputs() * len * d) as u64 + geo.padded * d as u64 + quadratic
 }
 
 /// f32 elements one head of the tensor-op forms (`crate::reference`; CASTLE by the chunked form
@@ -79,7 +58,7 @@ pub fn host_attention_saved(attention: AttentionShape, len: usize, d: usize, blo
 /// band, the prefix sums `C` (`band d / bs`), the diagonal blocks, and the padded
 /// `qu, ku, vu, qc` copies.
 pub fn reference_attention_saved(
-    attention: AttentionShape,
+    attention: AttentionOp,
     len: usize,
     d: usize,
     block: usize,
@@ -88,17 +67,17 @@ pub fn reference_attention_saved(
     let (l, d64) = (len as u64, d as u64);
     let square = l * l;
     let widened = if widened {
-        attention.inputs() * l * d64
+        attention.inputs() as u64 * l * d64
     } else {
         0
     };
     let elements = match attention {
-        AttentionShape::Castle { window } => {
+        AttentionOp::Castle { window } => {
             let geo = HeadGeometry::new(len, d, block, window);
             let bs = block.clamp(1, len) as u64;
             5 * square + 3 * geo.band + geo.band * d64 / bs + 2 * geo.diag + 4 * geo.padded * d64
         }
-        AttentionShape::Causal => 2 * square,
+        AttentionOp::Causal => 2 * square,
     };
     elements + widened
 }

@@ -11,6 +11,6 @@ pub mod lm;
 pub mod safetensors;
 
 pub use attention::AttentionCache;
-pub use castle_kernels::{DeviceAttention, KernelBackend, TrainBackend};
+pub use castle_kernels::{AttentionOp, KernelBackend, TrainBackend};
 pub use config::{AttentionKind, ConfigError, ModelConfig, ParamSummary};
 pub use lm::{CastleLm, LmCache};

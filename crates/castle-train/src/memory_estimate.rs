@@ -18,8 +18,9 @@
 //! either way (their parents are matmul and `mask_fill` outputs, compute-bound, so backed up).
 
 use castle_kernels::memory::{
-    castle_backward_transient, host_attention_saved, reference_attention_saved, AttentionShape,
+    castle_backward_transient, host_attention_saved, reference_attention_saved,
 };
+use castle_kernels::AttentionOp;
 use castle_model::{AttentionKind, ModelConfig};
 
 /// How the attention runs, which fixes what it keeps for backward per head.
@@ -145,10 +146,10 @@ pub fn training_memory(model: &ModelConfig, plan: &MemoryPlan) -> TrainingMemory
     let layer_activations = layers * tokens * per_token;
 
     let shape = match castle {
-        true => AttentionShape::Castle {
+        true => AttentionOp::Castle {
             window: model.lookahead_window(),
         },
-        false => AttentionShape::Causal,
+        false => AttentionOp::Causal,
     };
     let (len, d, block) = (plan.seq_len, model.head_dim, model.block_size);
     let per_head = match plan.attention {

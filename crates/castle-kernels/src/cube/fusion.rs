@@ -12,7 +12,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::super::device::{DeviceAttention, DeviceForward};
+use super::super::device::{AttentionOp, DeviceForward};
 use super::super::KernelBackend;
 
 /// burn's wgpu backend with its `Fusion` wrapper: [`super::Wgpu`] with fused elementwise ops.
@@ -29,7 +29,7 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
     const DEVICE_KERNELS: bool = B::DEVICE_KERNELS;
 
     fn device_forward(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         inputs: Vec<FloatTensor<Self>>,
     ) -> DeviceForward<Self> {
         let shape = inputs[0].shape.clone();
@@ -46,7 +46,7 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
     }
 
     fn device_backward(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         inputs: Vec<FloatTensor<Self>>,
         out: FloatTensor<Self>,
         saved: Vec<FloatTensor<Self>>,
@@ -77,7 +77,7 @@ enum Pass {
 
 /// Queues one kernel call in fusion's stream and returns its outputs.
 fn register<B: FusionBackend + KernelBackend>(
-    attention: DeviceAttention,
+    attention: AttentionOp,
     pass: Pass,
     inputs: Vec<FloatTensor<Fusion<B>>>,
     outputs: Vec<TensorIr>,
@@ -103,7 +103,7 @@ fn register<B: FusionBackend + KernelBackend>(
 #[derive(Debug)]
 struct Call<B> {
     desc: CustomOpIr,
-    attention: DeviceAttention,
+    attention: AttentionOp,
     pass: Pass,
     backend: PhantomData<B>,
 }

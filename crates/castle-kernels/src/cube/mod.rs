@@ -29,7 +29,7 @@ pub use fusion::FusedWgpu;
 use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use super::device::{DeviceAttention, DeviceForward};
+use super::device::{AttentionOp, DeviceForward};
 use super::KernelBackend;
 
 /// burn's wgpu backend without its `Fusion` wrapper (which has no [`KernelBackend`]), as
@@ -49,16 +49,16 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> KernelBack
     const DEVICE_KERNELS: bool = true;
 
     fn device_forward(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         inputs: Vec<FloatTensor<Self>>,
     ) -> DeviceForward<Self> {
         match attention {
-            DeviceAttention::Causal => {
+            AttentionOp::Causal => {
                 let [q, k, v] = exactly(inputs, "causal attention inputs");
                 let (out, lse) = causal::forward(q, k, v);
                 (out, vec![lse])
             }
-            DeviceAttention::Castle { window } => {
+            AttentionOp::Castle { window } => {
                 let x = exactly(inputs, "CASTLE attention inputs");
                 let (out, saved) = castle::forward(x, window);
                 (out, saved.into())
@@ -67,19 +67,19 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> KernelBack
     }
 
     fn device_backward(
-        attention: DeviceAttention,
+        attention: AttentionOp,
         inputs: Vec<FloatTensor<Self>>,
         out: FloatTensor<Self>,
         saved: Vec<FloatTensor<Self>>,
         d_out: FloatTensor<Self>,
     ) -> Vec<FloatTensor<Self>> {
         match attention {
-            DeviceAttention::Causal => {
+            AttentionOp::Causal => {
                 let [q, k, v] = exactly(inputs, "causal attention inputs");
                 let [lse] = exactly(saved, "causal attention saved state");
                 causal::backward(q, k, v, out, lse, d_out).into()
             }
-            DeviceAttention::Castle { window } => {
+            AttentionOp::Castle { window } => {
                 let x = exactly(inputs, "CASTLE attention inputs");
                 let saved = exactly(saved, "CASTLE attention saved state");
                 castle::backward(x, window, out, saved, d_out).into()

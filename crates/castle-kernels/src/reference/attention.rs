@@ -31,36 +31,31 @@ pub struct CastleHeads<B: Backend> {
 }
 
 impl<B: Backend> CastleHeads<B> {
+    /// `f` applied to each of the seven.
+    pub fn map(&self, f: impl Fn(&Tensor<B, 4>) -> Tensor<B, 4>) -> Self {
+        Self {
+            qu: f(&self.qu),
+            ku: f(&self.ku),
+            vu: f(&self.vu),
+            qc: f(&self.qc),
+            kc: f(&self.kc),
+            vc: f(&self.vc),
+            qc_nope: f(&self.qc_nope),
+        }
+    }
+
     /// The positions `range` of every head.
     pub fn positions(&self, range: Range<usize>) -> Self {
-        let p = |x: &Tensor<B, 4>| {
+        self.map(|x| {
             let [b, h, _, d] = x.dims();
             x.clone().slice([0..b, 0..h, range.clone(), 0..d])
-        };
-        Self {
-            qu: p(&self.qu),
-            ku: p(&self.ku),
-            vu: p(&self.vu),
-            qc: p(&self.qc),
-            kc: p(&self.kc),
-            vc: p(&self.vc),
-            qc_nope: p(&self.qc_nope),
-        }
+        })
     }
 
     /// The heads in at least f32 ([`widen`]): the tensor-op forms below accumulate softmax
     /// statistics and the lookahead prefix sums in f32 under bf16 compute.
     pub fn widened(&self) -> Self {
-        let w = |x: &Tensor<B, 4>| widen(x.clone());
-        Self {
-            qu: w(&self.qu),
-            ku: w(&self.ku),
-            vu: w(&self.vu),
-            qc: w(&self.qc),
-            kc: w(&self.kc),
-            vc: w(&self.vc),
-            qc_nope: w(&self.qc_nope),
-        }
+        self.map(|x| widen(x.clone()))
     }
 }
 

@@ -109,18 +109,7 @@ impl RawHeads {
         range: std::ops::Range<usize>,
         device: &B::Device,
     ) -> CastleHeads<B> {
-        let [b, h, _, d] = self.shape;
-        let h4 = self.to_tensors::<B>(device);
-        let s = |x: Tensor<B, 4>| x.slice([0..b, 0..h, range.clone(), 0..d]);
-        CastleHeads {
-            qu: s(h4.qu),
-            ku: s(h4.ku),
-            vu: s(h4.vu),
-            qc: s(h4.qc),
-            kc: s(h4.kc),
-            vc: s(h4.vc),
-            qc_nope: s(h4.qc_nope),
-        }
+        self.to_tensors::<B>(device).positions(range)
     }
 }
 

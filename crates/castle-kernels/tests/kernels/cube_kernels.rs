@@ -14,7 +14,7 @@ use castle_kernels::reference::causal_attention;
 use castle_kernels::cube::Cuda as Gpu;
 #[cfg(feature = "wgpu")]
 use castle_kernels::cube::Wgpu as Gpu;
-use castle_kernels::{DeviceAttention, KernelBackend};
+use castle_kernels::{AttentionOp, KernelBackend};
 use common::{random_vec, rng, tensor4, values};
 
 /// `|a - b| / max(|b|, 1)` over one tensor's values (Euclidean norms; at `L = 1` the exact
@@ -132,7 +132,7 @@ fn causal_kernel_saves_only_row_statistics() {
             t.into_primitive().tensor()
         })
         .collect();
-    let (out, saved) = Gpu::device_forward(DeviceAttention::Causal, inputs);
+    let (out, saved) = Gpu::device_forward(AttentionOp::Causal, inputs);
     // Dense: the kernels index rows as `p d + k`; CUDA's default allocation would pad `lse`'s
     // rows of 45 floats.
     assert!(out.is_contiguous() && saved.iter().all(|s| s.is_contiguous()));

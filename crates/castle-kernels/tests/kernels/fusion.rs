@@ -14,13 +14,13 @@ use castle_kernels::cube::{Cuda as Plain, FusedCuda as Fused};
 #[cfg(feature = "wgpu")]
 use castle_kernels::cube::{FusedWgpu as Fused, Wgpu as Plain};
 use castle_kernels::reference::CastleHeads;
-use castle_kernels::{DeviceAttention, KernelBackend};
+use castle_kernels::{AttentionOp, KernelBackend};
 use common::{random_vec, rng, values, RawHeads};
 
 /// The output, then the gradients of the inputs (`CastleHeads`' order; `qc, kc, vc` for the
 /// causal attention), of `attention` on `B` with `loss = sum(out * w)`.
 fn output_and_gradients<B: AutodiffBackend + KernelBackend>(
-    attention: DeviceAttention,
+    attention: AttentionOp,
     x: &RawHeads,
     w: &[f64],
 ) -> Vec<Vec<f64>> {
@@ -29,8 +29,8 @@ fn output_and_gradients<B: AutodiffBackend + KernelBackend>(
     let xs = [h.qu, h.ku, h.vu, h.qc, h.kc, h.vc, h.qc_nope].map(Tensor::require_grad);
     let [qu, ku, vu, qc, kc, vc, qc_nope] = xs.clone();
     let (out, used) = match attention {
-        DeviceAttention::Causal => (B::causal_attention(qc, kc, vc, 4), &xs[3..6]),
-        DeviceAttention::Castle { window } => {
+        AttentionOp::Causal => (B::causal_attention(qc, kc, vc, 4), &xs[3..6]),
+        AttentionOp::Castle { window } => {
             let heads = CastleHeads {
                 qu,
                 ku,
@@ -55,9 +55,9 @@ fn output_and_gradients<B: AutodiffBackend + KernelBackend>(
 #[test]
 fn kernels_under_fusion_match_the_bare_cube_backend_bitwise() {
     let attentions = [
-        DeviceAttention::Causal,
-        DeviceAttention::Castle { window: None },
-        DeviceAttention::Castle { window: Some(5) },
+        AttentionOp::Causal,
+        AttentionOp::Castle { window: None },
+        AttentionOp::Castle { window: Some(5) },
     ];
     for (seed, shape) in [[1, 1, 1, 8], [2, 3, 21, 16], [1, 2, 40, 32]]
         .into_iter()
