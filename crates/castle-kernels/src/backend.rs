@@ -208,6 +208,8 @@ pub trait KernelBackend: Backend {
         attention: AttentionOp,
         _inputs: Vec<FloatTensor<Self>>,
     ) -> DeviceForward<Self> {
+        // Unreachable: only the fused ops' defaults call this, and only under
+        // `DEVICE_KERNELS`, which a backend sets together with its own implementation.
         panic!("{attention:?} has no device kernel on this backend")
     }
 
@@ -219,6 +221,7 @@ pub trait KernelBackend: Backend {
         _saved: Vec<FloatTensor<Self>>,
         _d_out: FloatTensor<Self>,
     ) -> Vec<FloatTensor<Self>> {
+        // Unreachable, as for `device_forward`: only a node made by `device_forward` calls it.
         panic!("{attention:?} has no device kernel on this backend")
     }
 
@@ -259,9 +262,7 @@ pub fn castle_heads<B: KernelBackend>(
     heads: usize,
     rope: &RopeTables<B>,
 ) -> CastleHeads<B> {
-    let mut parts = split_heads(y, 6, heads).into_iter();
-    let mut next = || parts.next().expect("split_heads returns six parts");
-    let (qu, ku, vu, qc, kc, vc) = (next(), next(), next(), next(), next(), next());
+    let [qu, ku, vu, qc, kc, vc] = split_heads(y, heads);
     CastleHeads {
         qu: B::rope(rope, qu),
         ku: B::rope(rope, ku),
@@ -280,9 +281,7 @@ pub fn causal_heads<B: KernelBackend>(
     heads: usize,
     rope: &RopeTables<B>,
 ) -> [Tensor<B, 4>; 3] {
-    let mut parts = split_heads(y, 3, heads).into_iter();
-    let mut next = || parts.next().expect("split_heads returns three parts");
-    let (q, k, v) = (next(), next(), next());
+    let [q, k, v] = split_heads(y, heads);
     [B::rope(rope, q), B::rope(rope, k), v]
 }
 
@@ -316,10 +315,7 @@ fn projected<B: KernelBackend, K: HostKernel<N>, const N: usize>(
 fn target_ids<B: Backend>(targets: Tensor<B, 2, Int>) -> Vec<usize> {
     targets
         .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .expect("targets converted to i64")
-        .into_iter()
+        .iter::<i64>()
         .map(|t| usize::try_from(t).unwrap_or(usize::MAX))
         .collect()
 }

@@ -7,18 +7,16 @@ use super::attention::silu;
 use crate::host::adamw::AdamWStep;
 use crate::precision::to_dtype;
 
-/// `[batch, len, parts * heads * d]` -> `parts` tensors of `[batch, heads, len, d]`, in
-/// projection order (strided views).
-pub fn split_heads<B: Backend>(y: Tensor<B, 3>, parts: usize, heads: usize) -> Vec<Tensor<B, 4>> {
+/// `[batch, len, P * heads * d]` -> `P` tensors of `[batch, heads, len, d]`, in projection
+/// order (strided views).
+pub fn split_heads<B: Backend, const P: usize>(y: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; P] {
     let [b, l, width] = y.dims();
-    let d = width / (parts * heads);
-    let y = y.reshape([b, l, parts * heads, d]).swap_dims(1, 2);
-    (0..parts)
-        .map(|p| {
-            y.clone()
-                .slice([0..b, p * heads..(p + 1) * heads, 0..l, 0..d])
-        })
-        .collect()
+    let d = width / (P * heads);
+    let y = y.reshape([b, l, P * heads, d]).swap_dims(1, 2);
+    std::array::from_fn(|p| {
+        y.clone()
+            .slice([0..b, p * heads..(p + 1) * heads, 0..l, 0..d])
+    })
 }
 
 /// `[batch, heads, len, d]` -> `[batch, len, heads * d]`.

@@ -102,6 +102,7 @@ impl<B: KernelBackend> CausalSelfAttention<B> {
                 o
             }
             AttentionCache::Kv(cache) => cache.step(q, k, v),
+            // A programming error, as in `CastleAttention::forward`: another model's cache.
             AttentionCache::UqKv(_) => panic!("a baseline layer was given a CASTLE layer's cache"),
         };
         B::project(&self.out, merge_heads(o))

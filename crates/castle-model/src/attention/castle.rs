@@ -71,6 +71,8 @@ impl<B: KernelBackend> CastleAttention<B> {
                 o
             }
             AttentionCache::UqKv(cache) => cache.step(&h, self.window),
+            // A programming error, not a user's: only `CastleLm::prefill` builds caches, one per
+            // layer of its own model; this is another model's cache passed to `decode`.
             AttentionCache::Kv(_) => panic!("a CASTLE layer was given a baseline layer's cache"),
         };
         B::project(&self.out, merge_heads(o))

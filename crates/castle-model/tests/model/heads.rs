@@ -64,12 +64,11 @@ fn attention<B: KernelBackend>(
             B::castle_attention_projected(y, heads, window, block, &rope)
         }
         (Kind::Baseline, false) => {
-            let [q, k, v] = <[_; 3]>::try_from(split_heads(y, 3, heads)).expect("three parts");
+            let [q, k, v] = split_heads(y, heads);
             merge_heads(causal_attention(rotate(q), rotate(k), v))
         }
         (Kind::Castle(window), false) => {
-            let [qu, ku, vu, qc, kc, vc] =
-                <[_; 6]>::try_from(split_heads(y, 6, heads)).expect("six parts");
+            let [qu, ku, vu, qc, kc, vc] = split_heads(y, heads);
             let h = CastleHeads {
                 qu: rotate(qu),
                 ku: rotate(ku),

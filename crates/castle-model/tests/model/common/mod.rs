@@ -147,12 +147,12 @@ pub fn reference_logits<B: Backend>(
         let h = norm(&block.attn_norm, x.clone());
         let o = match &block.attn {
             Attention::Baseline(attn) => {
-                let p = split_heads(project(&attn.qkv, h), 3, attn.n_heads);
+                let p: [_; 3] = split_heads(project(&attn.qkv, h), attn.n_heads);
                 let o = causal_attention(rotate(&p[0]), rotate(&p[1]), p[2].clone());
                 project(&attn.out, merge_heads(o))
             }
             Attention::Castle(attn) => {
-                let p = split_heads(project(&attn.in_proj, h), 6, attn.n_heads);
+                let p: [_; 6] = split_heads(project(&attn.in_proj, h), attn.n_heads);
                 let heads = CastleHeads {
                     qu: rotate(&p[0]),
                     ku: rotate(&p[1]),
