@@ -11,6 +11,8 @@
 //!   [`Castle`] and [`Causal`]: [`lookahead`] (CASTLE's lookahead scores `S_U` by the exact
 //!   chunked form) feeding [`causal_softmax`] (`softmax(s Q K^T - SiLU(S_U)) V`, or the
 //!   baseline without `S_U`), over the [`blocks`] of a head.
+//! - [`decode`]: one decoding step of each attention over a cache preallocated and written in
+//!   place.
 //! - [`kernel_node`]: a [`HostKernel`] on burn tensors, forward and as one autodiff node.
 //! - [`host_op`]: the row-wise ops around attention ([`rmsnorm`], [`swiglu`], [`cross_entropy`])
 //!   as one parallel pass each way instead of burn's single-threaded op chain; [`lm_loss`] fuses
@@ -30,6 +32,7 @@ pub mod attention;
 pub mod blocks;
 pub mod causal_softmax;
 pub mod cross_entropy;
+pub mod decode;
 pub mod elem;
 pub mod gemm;
 pub mod heads;

@@ -6,5 +6,6 @@ mod common;
 
 mod cube_castle;
 mod cube_kernels;
+mod decode;
 mod fusion;
 mod kernels;
