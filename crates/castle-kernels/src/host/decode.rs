@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::elem::Elem;
-use super::simd::vectorized;
+use super::simd::{dot, fold_lanes, vectorized};
 
 /// Cached values (positions x head dimension x heads) below which a step runs its heads on the
 /// calling thread: rayon's scheduling, microseconds, would outweigh the work.
@@ -269,12 +269,11 @@ fn attend<E: Elem>(
                     *z = *z - su * E::sigmoid(su);
                 }
             }
-            let max = scores.iter().fold(E::neg_infinity(), |m, &z| m.max(z));
-            let mut sum = E::zero();
+            let max = fold_lanes(scores, E::neg_infinity(), E::max, E::max);
             for z in scores.iter_mut() {
                 *z = E::exp_nonpositive(*z - max);
-                sum = sum + *z;
             }
+            let sum = fold_lanes(scores, E::zero(), |a, z| a + z, |a, b| a + b);
             let inv = E::one() / sum;
             out.fill(E::zero());
             for (j, &p) in scores.iter().enumerate() {
@@ -282,12 +281,6 @@ fn attend<E: Elem>(
             }
         },
     );
-}
-
-/// `a . b`.
-#[inline(always)]
-fn dot<E: Elem>(a: &[E], b: &[E]) -> E {
-    a.iter().zip(b).fold(E::zero(), |acc, (&x, &y)| acc + x * y)
 }
 
 /// `y += a x`.

@@ -53,6 +53,24 @@ pub fn fold_lanes<E: Elem>(
     lanes.into_iter().fold(tail, merge)
 }
 
+/// `a . b` over `a`'s length in [`LANES`] interleaved accumulators, as [`fold_lanes`] sums.
+#[inline(always)]
+pub fn dot<E: Elem>(a: &[E], b: &[E]) -> E {
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b[..a.len()].as_chunks::<LANES>();
+    let mut lanes = [E::zero(); LANES];
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for ((acc, &p), &q) in lanes.iter_mut().zip(x).zip(y) {
+            *acc = *acc + p * q;
+        }
+    }
+    let tail = a_rest
+        .iter()
+        .zip(b_rest)
+        .fold(E::zero(), |acc, (&p, &q)| acc + p * q);
+    lanes.into_iter().fold(tail, |x, y| x + y)
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
