@@ -6,11 +6,13 @@
 
 pub mod attention;
 pub mod config;
+pub mod decode;
 pub mod layers;
 pub mod lm;
 pub mod safetensors;
 
 pub use attention::AttentionCache;
 pub use castle_kernels::{AttentionOp, KernelBackend, TrainBackend};
+pub use decode::{DecodeError, Decoder, PromptLogits};
 pub use config::{AttentionKind, ConfigError, ModelConfig, ParamSummary};
 pub use lm::{CastleLm, LmCache};

@@ -50,7 +50,7 @@ pub struct CastleLm<B: Backend> {
 /// Decoding state: one cache per layer and the number of positions seen.
 #[derive(Debug, Clone)]
 pub struct LmCache<B: Backend> {
-    layers: Vec<AttentionCache<B>>,
+    pub(crate) layers: Vec<AttentionCache<B>>,
     len: usize,
 }
 

@@ -20,7 +20,7 @@ use super::simd::{dot, fold_lanes, vectorized};
 
 /// Cached values (positions x head dimension x heads) below which a step runs its heads on the
 /// calling thread: rayon's scheduling, microseconds, would outweigh the work.
-const PARALLEL_WORK: usize = 64 * 1024;
+pub(crate) const PARALLEL_WORK: usize = 64 * 1024;
 
 /// The size of one sequence's cache of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,11 @@ impl<E: Elem> KvRows<E> {
         self.0.len
     }
 
+    /// Empties the cache, keeping its memory for the next sequence.
+    pub fn clear(&mut self) {
+        self.0.len = 0;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.len == 0
     }
@@ -194,6 +199,11 @@ impl<E: Elem> UqKvRows<E> {
     /// Cached positions.
     pub fn len(&self) -> usize {
         self.rows.len
+    }
+
+    /// Empties the cache, keeping its memory for the next sequence.
+    pub fn clear(&mut self) {
+        self.rows.len = 0;
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,9 @@ use num_traits::Float;
 
 /// A float type the kernels run in: `f32` for training, `f64` for the reference tests.
 pub trait Elem: Float + bytemuck::Pod + Send + Sync + Debug + 'static {
+    /// `self` as `f64`, exactly.
+    fn to_f64_exact(self) -> f64;
+
     fn of(x: f64) -> Self {
         // Cannot fail: `Elem` is f32 or f64, and num-traits' f64 -> f32/f64 cast always returns
         // `Some` (an out-of-range value becomes infinity, NaN stays NaN).
@@ -29,6 +32,10 @@ pub trait Elem: Float + bytemuck::Pod + Send + Sync + Debug + 'static {
 }
 
 impl Elem for f32 {
+    fn to_f64_exact(self) -> f64 {
+        self as f64
+    }
+
     /// Cephes' `expf` without its branches: `2^n p(r)` with `x = n ln 2 + r`, `|r| <= ln 2 / 2`,
     /// within 2 ulp of `f32::exp` on `[-87, 0]`; below that it returns `exp(-87)` (about
     /// `1.6e-38`) where the true value is smaller still.
@@ -61,4 +68,8 @@ impl Elem for f32 {
     }
 }
 
-impl Elem for f64 {}
+impl Elem for f64 {
+    fn to_f64_exact(self) -> f64 {
+        self
+    }
+}

@@ -72,7 +72,7 @@ pub fn read_copy<B: Backend, E: Elem + Element>(x: Tensor<B, 1>) -> HostArray<E>
 }
 
 /// A host copy of `x` in the kernels' element type `E` (converted from bf16 if need be).
-pub(crate) fn to_host<B: Backend, E: Elem + Element, const D: usize>(x: Tensor<B, D>) -> Vec<E> {
+pub fn to_host<B: Backend, E: Elem + Element, const D: usize>(x: Tensor<B, D>) -> Vec<E> {
     x.into_data()
         .convert::<E>()
         .into_vec()

@@ -12,7 +12,9 @@
 //!   chunked form) feeding [`causal_softmax`] (`softmax(s Q K^T - SiLU(S_U)) V`, or the
 //!   baseline without `S_U`), over the [`blocks`] of a head.
 //! - [`decode`]: one decoding step of each attention over a cache preallocated and written in
-//!   place.
+//!   place; [`decode_layer`]: a layer's attention for the next position of each sequence of a
+//!   batch, RoPE included; [`projection`]: the projections of a few rows into kept buffers.
+//!   The model's decoder (`castle-model`'s `decode`) runs a token through them.
 //! - [`kernel_node`]: a [`HostKernel`] on burn tensors, forward and as one autodiff node.
 //! - [`host_op`]: the row-wise ops around attention ([`rmsnorm`], [`swiglu`], [`cross_entropy`])
 //!   as one parallel pass each way instead of burn's single-threaded op chain; [`lm_loss`] fuses
@@ -33,6 +35,7 @@ pub mod blocks;
 pub mod causal_softmax;
 pub mod cross_entropy;
 pub mod decode;
+pub mod decode_layer;
 pub mod elem;
 pub mod gemm;
 pub mod heads;
@@ -43,6 +46,7 @@ pub mod linear;
 pub mod lm_loss;
 pub mod lookahead;
 pub mod parallel;
+pub mod projection;
 pub mod rmsnorm;
 pub mod rope;
 pub mod simd;

@@ -8,6 +8,18 @@ use super::host_op::HostOp;
 use super::parallel::{rows_per_task, zeroed};
 use super::simd::{fold_lanes, vectorized};
 
+/// `y = x / sqrt(mean(x^2) + eps) (.) gamma` for one row; returns `1 / sqrt(mean(x^2) + eps)`.
+/// Inlined, so that a caller's [`vectorized`] loop compiles it at its SIMD width.
+#[inline(always)]
+pub fn rms_norm_row<E: Elem>(x: &[E], gamma: &[E], eps: f64, y: &mut [E]) -> E {
+    let ms = fold_lanes(x, E::zero(), |s, v| s + v * v, |a, b| a + b) / E::of(x.len() as f64);
+    let r = E::one() / (ms + E::of(eps)).sqrt();
+    for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+        *y = x * r * g;
+    }
+    r
+}
+
 /// RMSNorm of rows of width `d`; inputs `[x, gamma]`, `x` a whole number of rows.
 #[derive(Debug, Clone, Copy)]
 pub struct RmsNormRows {
@@ -38,12 +50,7 @@ impl HostOp<2> for RmsNormRows {
                     #[inline(always)]
                     || {
                         for ((y, r), x) in out.chunks_mut(d).zip(rstd.iter_mut()).zip(x.chunks(d)) {
-                            let ms = fold_lanes(x, E::zero(), |s, v| s + v * v, |a, b| a + b)
-                                / E::of(d as f64);
-                            *r = E::one() / (ms + E::of(self.eps)).sqrt();
-                            for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
-                                *y = x * *r * g;
-                            }
+                            *r = rms_norm_row(x, gamma, self.eps, y);
                         }
                     },
                 )

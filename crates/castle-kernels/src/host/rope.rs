@@ -35,6 +35,22 @@ impl Rope {
             sin: angles.iter().map(|a| a.sin()).collect(),
         }
     }
+
+    /// Rotates the row `x` of position `pos` into `y` by `sign` times its angle. Inlined, so
+    /// that a caller's [`vectorized`] loop compiles it at its SIMD width.
+    #[inline(always)]
+    pub fn rotate<E: Elem>(&self, x: &[E], y: &mut [E], pos: usize, sign: f64) {
+        let half = self.half;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        let (x1, x2) = x.split_at(half);
+        let (y1, y2) = y.split_at_mut(half);
+        for k in 0..half {
+            let (c, s) = (E::of(cos[k]), E::of(sign * sin[k]));
+            y1[k] = x1[k] * c - x2[k] * s;
+            y2[k] = x2[k] * c + x1[k] * s;
+        }
+    }
 }
 
 /// The rotation of rows of `head_dim` values at positions `start .. start + len`, repeating
@@ -73,21 +89,10 @@ impl RopeRows {
         out
     }
 
-    /// Rotates the row `x` of the `t`-th position (`start + t`) into `y` by `sign` times its
-    /// angle. Inlined, so that a caller's [`vectorized`] loop compiles it at its SIMD width.
+    /// Rotates the row `x` of the `t`-th position (`start + t`) into `y` ([`Rope::rotate`]).
     #[inline(always)]
     pub(crate) fn rotate_row<E: Elem>(&self, x: &[E], y: &mut [E], t: usize, sign: f64) {
-        let half = self.rope.half;
-        let pos = self.start + t;
-        let cos = &self.rope.cos[pos * half..(pos + 1) * half];
-        let sin = &self.rope.sin[pos * half..(pos + 1) * half];
-        let (x1, x2) = x.split_at(half);
-        let (y1, y2) = y.split_at_mut(half);
-        for k in 0..half {
-            let (c, s) = (E::of(cos[k]), E::of(sign * sin[k]));
-            y1[k] = x1[k] * c - x2[k] * s;
-            y2[k] = x2[k] * c + x1[k] * s;
-        }
+        self.rope.rotate(x, y, self.start + t, sign);
     }
 }
 

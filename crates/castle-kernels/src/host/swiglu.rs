@@ -11,6 +11,12 @@ use super::simd::vectorized;
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
 
+/// `SiLU(g) u` for one value, inlined into its caller's [`vectorized`] loop.
+#[inline(always)]
+pub fn silu_gate<E: Elem>(g: E, u: E) -> E {
+    g * E::sigmoid(g) * u
+}
+
 /// `SiLU(g) (.) u` for inputs `[g, u]` of equal length.
 #[derive(Debug, Clone, Copy)]
 pub struct SwiGluGate;
@@ -31,7 +37,7 @@ impl HostOp<2> for SwiGluGate {
                 #[inline(always)]
                 || {
                     for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        o.write(g * E::sigmoid(g) * u);
+                        o.write(silu_gate(g, u));
                     }
                 },
             )

@@ -34,6 +34,11 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
+    /// The cached `[k, v]`, `[batch, heads, t, d]` each.
+    pub(crate) fn rows(&self) -> [Tensor<B, 4>; 2] {
+        [self.k.rows(), self.v.rows()]
+    }
+
     pub fn len(&self) -> usize {
         self.k.len()
     }

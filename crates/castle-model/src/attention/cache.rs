@@ -14,16 +14,12 @@ pub struct CacheRows<B: Backend> {
 }
 
 impl<B: Backend> CacheRows<B> {
-    /// A cache holding a copy of `rows`, exactly as large (so it never keeps a larger projection
-    /// output alive, and holds the bytes per token of docs/castle.md, section 4, until the first
-    /// append grows it).
+    /// A cache holding `rows` as they are, a prompt's: the first append copies them into a
+    /// grown buffer, and a host decoder reads them once (`crate::decode`), so a prompt's rows are
+    /// never copied twice.
     pub fn new(rows: Tensor<B, 4>) -> Self {
-        let [b, h, len, d] = rows.dims();
-        let buf = Tensor::zeros([b, h, len, d], &rows.device());
-        Self {
-            buf: buf.slice_assign([0..b, 0..h, 0..len, 0..d], rows),
-            len,
-        }
+        let len = rows.dims()[2];
+        Self { buf: rows, len }
     }
 
     pub fn len(&self) -> usize {

@@ -35,6 +35,11 @@ impl<B: Backend> UqKvCache<B> {
         }
     }
 
+    /// The cached `[U, Qu, Kc, Vc]`, `[batch, heads, t, d]` each.
+    pub(crate) fn rows(&self) -> [Tensor<B, 4>; 4] {
+        [self.u.clone(), self.qu.rows(), self.kc.rows(), self.vc.rows()]
+    }
+
     /// Number of cached positions.
     pub fn len(&self) -> usize {
         self.kc.len()

@@ -3,6 +3,7 @@
 
 mod cache;
 mod common;
+mod decode;
 mod fused_ops;
 mod heads;
 mod lm;
