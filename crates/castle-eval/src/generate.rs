@@ -1,13 +1,14 @@
-//! Sampling: prefill the prompt, then one cached `decode` step per new token. The KV cache
-//! (baseline) appends a row per token; CASTLE's UQ-KV cache also rewrites the lookahead rows
-//! `U` of earlier positions at every step (under SWL only the last `W` of them).
+//! Sampling: prefill the prompt, then one cached decoding step per new token
+//! ([`castle_model::Decoder`]). The KV cache (baseline) appends a row per token; CASTLE's UQ-KV
+//! cache also rewrites the lookahead rows `U` of earlier positions at every step (under SWL
+//! only the last `W` of them).
 //! [`generate_uncached`] recomputes the whole sequence at every step instead, as a reference.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use burn::prelude::*;
-use castle_model::{CastleLm, KernelBackend};
+use castle_model::{CastleLm, Decoder, KernelBackend, PromptLogits};
 
 use rand::{Rng as _, SeedableRng};
 
@@ -47,10 +48,13 @@ pub fn sample(logits: &[f32], options: &SamplingOptions, rng: &mut Rng) -> usize
         return argmax(logits);
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if options.top_k > 0 {
+    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    if options.top_k > 0 && options.top_k < order.len() {
+        // The `top_k` first in that order, found without sorting the whole vocabulary.
+        order.select_nth_unstable_by(options.top_k - 1, by_logit);
         order.truncate(options.top_k);
     }
+    order.sort_by(by_logit);
     let top = logits[order[0]] as f64;
     let weights: Vec<f64> = order
         .iter()
@@ -124,47 +128,31 @@ pub fn fit_to_context(
     Ok(max_new_tokens.min(room))
 }
 
-fn last_logits<B: KernelBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
-    let [b, l, v] = logits.dims();
-    logits
-        .slice([0..b, l - 1..l, 0..v])
-        .into_data()
-        .iter::<f32>()
-        .collect()
-}
-
-fn token_tensor<B: KernelBackend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
-    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-    let n = ids.len();
-    Tensor::from_data(TensorData::new(ids, [1, n]), device)
-}
-
-/// Generates up to `max_new_tokens` after `prompt` with the model's decoding cache, calling
-/// `on_token` with each new id. Stops after `eot` (when given). The prompt plus the new tokens
-/// must fit `model.max_seq_len` (see [`fit_to_context`]).
+/// Generates up to `max_new_tokens` after `prompt` with the model's decoder
+/// ([`castle_model::Decoder`]: the fused host step on CPU), calling `on_token` with each new id.
+/// Stops after `eot` (when given). The prompt plus the new tokens must fit `model.max_seq_len`
+/// (see [`fit_to_context`]).
 pub fn generate<B: KernelBackend>(
     model: &CastleLm<B>,
     prompt: &[u32],
     max_new_tokens: usize,
     eot: Option<u32>,
     options: &SamplingOptions,
-    device: &B::Device,
     on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    let mut cache = None;
-    let next_logits = |sequence: &[u32]| {
-        let logits = match &mut cache {
+    let mut decoder = Decoder::new(model);
+    let mut seq = None;
+    let mut logits = vec![];
+    let next_logits = |sequence: &[u32]| -> Result<Vec<f32>> {
+        match seq {
             None => {
-                let (logits, prefilled) = model.prefill(token_tensor::<B>(sequence, device));
-                cache = Some(prefilled);
-                logits
+                let (id, first) = decoder.start(sequence, PromptLogits::Last)?;
+                seq = Some(id);
+                logits = first;
             }
-            Some(cache) => {
-                let last = &sequence[sequence.len() - 1..];
-                model.decode(token_tensor::<B>(last, device), cache)
-            }
-        };
-        last_logits(logits)
+            Some(id) => decoder.step(&[(id, sequence[sequence.len() - 1])], &mut logits)?,
+        }
+        Ok(std::mem::take(&mut logits))
     };
     let max_seq_len = model.config.max_seq_len;
     sample_loop(
@@ -186,11 +174,20 @@ pub fn generate_uncached<B: KernelBackend>(
     max_new_tokens: usize,
     eot: Option<u32>,
     options: &SamplingOptions,
-    device: &B::Device,
     on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    let next_logits =
-        |sequence: &[u32]| last_logits(model.forward(token_tensor::<B>(sequence, device)));
+    let device = &model.embed.weight.device();
+    let next_logits = |sequence: &[u32]| {
+        let ids: Vec<i64> = sequence.iter().map(|&t| t as i64).collect();
+        let tokens = Tensor::from_data(TensorData::new(ids, [1, sequence.len()]), device);
+        let logits = model.forward(tokens);
+        let [_, len, vocab] = logits.dims();
+        Ok(logits
+            .slice([0..1, len - 1..len, 0..vocab])
+            .into_data()
+            .iter::<f32>()
+            .collect())
+    };
     let max_seq_len = model.config.max_seq_len;
     sample_loop(
         prompt,
@@ -212,7 +209,7 @@ fn sample_loop(
     eot: Option<u32>,
     options: &SamplingOptions,
     mut on_token: impl FnMut(u32),
-    mut next_logits: impl FnMut(&[u32]) -> Vec<f32>,
+    mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>>,
 ) -> Result<Generation> {
     let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, max_seq_len)?;
     let mut rng = Rng::seed_from_u64(options.seed);
@@ -226,7 +223,7 @@ fn sample_loop(
     };
     let mut start = Instant::now();
     while out.tokens.len() < max_new_tokens {
-        let next = sample(&next_logits(&sequence), options, &mut rng) as u32;
+        let next = sample(&next_logits(&sequence)?, options, &mut rng) as u32;
         if sequence.len() == prompt.len() {
             out.prefill_s = start.elapsed().as_secs_f64();
             start = Instant::now();

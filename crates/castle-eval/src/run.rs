@@ -139,7 +139,7 @@ pub fn evaluate_on<B: KernelBackend>(
         report.perplexity = Some(run_perplexity(&loaded, p, device)?);
     }
     if let Some(g) = &request.generation {
-        report.generation = Some(run_generation(&loaded, g, device)?);
+        report.generation = Some(run_generation(&loaded, g)?);
     }
     for path in &request.tasks {
         let mut scorer = ModelScorer {
@@ -197,7 +197,6 @@ fn run_perplexity<B: KernelBackend>(
 fn run_generation<B: KernelBackend>(
     loaded: &Loaded<B>,
     request: &GenerationRequest,
-    device: &B::Device,
 ) -> Result<GenerationReport> {
     let tok = &loaded.tokenizer;
     let model_config = &loaded.checkpoint.config.model;
@@ -231,7 +230,7 @@ fn run_generation<B: KernelBackend>(
         }
     };
     let eot = Some(tok.eot_id());
-    let (run, cache): (fn(_, _, _, _, _, _, _) -> _, _) = if request.no_cache {
+    let (run, cache): (fn(_, _, _, _, _, _) -> _, _) = if request.no_cache {
         (generate::generate_uncached, "none".to_string())
     } else {
         let cache = match (model_config.attention, model_config.lookahead_window()) {
@@ -247,7 +246,6 @@ fn run_generation<B: KernelBackend>(
         max_new_tokens,
         eot,
         &request.sampling,
-        device,
         on_token,
     )?;
     if let Some(e) = stream_error {

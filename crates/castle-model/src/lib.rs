@@ -13,6 +13,6 @@ pub mod safetensors;
 
 pub use attention::AttentionCache;
 pub use castle_kernels::{AttentionOp, KernelBackend, TrainBackend};
-pub use decode::{DecodeError, Decoder, PromptLogits};
 pub use config::{AttentionKind, ConfigError, ModelConfig, ParamSummary};
+pub use decode::{DecodeError, Decoder, PromptLogits};
 pub use lm::{CastleLm, LmCache};

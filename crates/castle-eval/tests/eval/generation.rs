@@ -32,17 +32,13 @@ fn kinds() -> [(AttentionKind, Option<usize>); 3] {
 
 #[test]
 fn greedy_generation_through_the_cache_equals_full_recomputation() {
-    let device = Default::default();
     let prompt = [5u32, 17, 3, 42, 8, 8, 30];
     let greedy = SamplingOptions::default();
     for (kind, window) in kinds() {
         let m = model(kind, window);
         let mut streamed = vec![];
-        let cached = generate(&m, &prompt, 30, None, &greedy, &device, |t| {
-            streamed.push(t)
-        })
-        .unwrap();
-        let full = generate_uncached(&m, &prompt, 30, None, &greedy, &device, |_| {}).unwrap();
+        let cached = generate(&m, &prompt, 30, None, &greedy, |t| streamed.push(t)).unwrap();
+        let full = generate_uncached(&m, &prompt, 30, None, &greedy, |_| {}).unwrap();
         assert_eq!(cached.tokens.len(), 30, "{kind}");
         assert_eq!(
             cached.tokens, full.tokens,
@@ -51,14 +47,13 @@ fn greedy_generation_through_the_cache_equals_full_recomputation() {
         assert_eq!(streamed, cached.tokens, "{kind}: every token is streamed");
         assert!(cached.tokens_per_s() > 0.0);
         // The tokens are not trivially constant: different prompts lead elsewhere.
-        let other = generate(&m, &[1, 2], 30, None, &greedy, &device, |_| {}).unwrap();
+        let other = generate(&m, &[1, 2], 30, None, &greedy, |_| {}).unwrap();
         assert_ne!(other.tokens, cached.tokens, "{kind}");
     }
 }
 
 #[test]
 fn seeded_sampling_through_the_cache_equals_full_recomputation() {
-    let device = Default::default();
     let options = SamplingOptions {
         temperature: 1.0,
         top_k: 10,
@@ -67,9 +62,9 @@ fn seeded_sampling_through_the_cache_equals_full_recomputation() {
     };
     for (kind, window) in kinds() {
         let m = model(kind, window);
-        let a = generate(&m, &[4, 9], 20, None, &options, &device, |_| {}).unwrap();
-        let b = generate_uncached(&m, &[4, 9], 20, None, &options, &device, |_| {}).unwrap();
-        let again = generate(&m, &[4, 9], 20, None, &options, &device, |_| {}).unwrap();
+        let a = generate(&m, &[4, 9], 20, None, &options, |_| {}).unwrap();
+        let b = generate_uncached(&m, &[4, 9], 20, None, &options, |_| {}).unwrap();
+        let again = generate(&m, &[4, 9], 20, None, &options, |_| {}).unwrap();
         assert_eq!(a.tokens, b.tokens, "{kind}");
         assert_eq!(a.tokens, again.tokens, "{kind}: same seed, same text");
     }
@@ -77,28 +72,27 @@ fn seeded_sampling_through_the_cache_equals_full_recomputation() {
 
 #[test]
 fn generation_stops_at_eot_and_at_the_context() {
-    let device = Default::default();
     let m = model(AttentionKind::Castle, None);
     let greedy = SamplingOptions::default();
-    let free = generate(&m, &[1, 2, 3], 10, None, &greedy, &device, |_| {}).unwrap();
+    let free = generate(&m, &[1, 2, 3], 10, None, &greedy, |_| {}).unwrap();
     // Declare the 3rd generated token the end of text: generation stops before it.
     let eot = free.tokens[2];
     let first = free.tokens.iter().position(|&t| t == eot).unwrap();
-    let stopped = generate(&m, &[1, 2, 3], 10, Some(eot), &greedy, &device, |_| {}).unwrap();
+    let stopped = generate(&m, &[1, 2, 3], 10, Some(eot), &greedy, |_| {}).unwrap();
     assert!(stopped.stopped_at_eot);
     assert_eq!(stopped.tokens, free.tokens[..first]);
 
     // 48 positions: a 40-token prompt leaves room for 8.
     let prompt: Vec<u32> = (0..40).map(|i| i % VOCAB as u32).collect();
-    let capped = generate(&m, &prompt, 100, None, &greedy, &device, |_| {}).unwrap();
+    let capped = generate(&m, &prompt, 100, None, &greedy, |_| {}).unwrap();
     assert_eq!(capped.tokens.len(), 8);
     let full: Vec<u32> = (0..48).collect();
-    assert!(generate(&m, &full, 5, None, &greedy, &device, |_| {})
+    assert!(generate(&m, &full, 5, None, &greedy, |_| {})
         .unwrap()
         .tokens
         .is_empty());
     let long: Vec<u32> = (0..49).collect();
-    let err = generate(&m, &long, 5, None, &greedy, &device, |_| {})
+    let err = generate(&m, &long, 5, None, &greedy, |_| {})
         .unwrap_err()
         .to_string();
     assert!(

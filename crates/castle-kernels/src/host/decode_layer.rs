@@ -110,18 +110,15 @@ pub fn decode_attention<E: Elem>(
     let (y_row, out_row) = (y.len() / n, out.len() / n);
     let rot = &mut rot[..4 * out_row * n];
     let work: usize = seqs.iter().map(|c| c[layer].len()).sum::<usize>() * out_row;
-    let each = |(((seq, y), rot), out): (((&mut &mut [LayerCache<E>], &[E]), &mut [E]), &mut [E])| {
-        seq[layer].step(y, rope, rot, out)
-    };
     if n == 1 || work < PARALLEL_WORK {
         let rows = seqs.iter_mut().zip(y.chunks(y_row));
         rows.zip(rot.chunks_mut(4 * out_row))
             .zip(out.chunks_mut(out_row))
-            .for_each(each);
+            .for_each(|(((seq, y), rot), out)| seq[layer].step(y, rope, rot, out));
     } else {
         let rows = seqs.par_iter_mut().zip(y.par_chunks(y_row));
         rows.zip(rot.par_chunks_mut(4 * out_row))
             .zip(out.par_chunks_mut(out_row))
-            .for_each(each);
+            .for_each(|(((seq, y), rot), out)| seq[layer].step(y, rope, rot, out));
     }
 }

@@ -37,7 +37,12 @@ impl<B: Backend> UqKvCache<B> {
 
     /// The cached `[U, Qu, Kc, Vc]`, `[batch, heads, t, d]` each.
     pub(crate) fn rows(&self) -> [Tensor<B, 4>; 4] {
-        [self.u.clone(), self.qu.rows(), self.kc.rows(), self.vc.rows()]
+        [
+            self.u.clone(),
+            self.qu.rows(),
+            self.kc.rows(),
+            self.vc.rows(),
+        ]
     }
 
     /// Number of cached positions.

@@ -75,10 +75,8 @@ impl<E: Elem + Element> HostDecoder<E> {
                 Attention::Baseline(a) => (&a.qkv, &a.out),
                 Attention::Castle(a) => (&a.in_proj, &a.out),
             };
-            let (gate, up): (Vec<E>, Vec<E>) = (
-                host(b.mlp.gate.weight.val()),
-                host(b.mlp.up.weight.val()),
-            );
+            let (gate, up): (Vec<E>, Vec<E>) =
+                (host(b.mlp.gate.weight.val()), host(b.mlp.up.weight.val()));
             let gate_up = gate
                 .chunks(hidden)
                 .zip(up.chunks(hidden))
@@ -239,7 +237,8 @@ fn gate_rows<E: Elem>(y: &mut [E], hidden: usize) -> &[E] {
         || {
             for i in 0..n {
                 for j in 0..hidden {
-                    y[i * hidden + j] = silu_gate(y[2 * i * hidden + j], y[(2 * i + 1) * hidden + j]);
+                    y[i * hidden + j] =
+                        silu_gate(y[2 * i * hidden + j], y[(2 * i + 1) * hidden + j]);
                 }
             }
         },

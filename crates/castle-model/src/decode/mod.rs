@@ -109,7 +109,11 @@ impl<'m, B: KernelBackend> Decoder<'m, B> {
             PromptLogits::Last => logits.slice([0..1, len - 1..len, 0..vocab]),
             PromptLogits::All => logits,
         };
-        let seq = self.lens.iter().position(Option::is_none).unwrap_or(self.lens.len());
+        let seq = self
+            .lens
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.lens.len());
         match &mut self.engine {
             Engine::HostF32(host) => host.start(seq, cache),
             Engine::HostF64(host) => host.start(seq, cache),

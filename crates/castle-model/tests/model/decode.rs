@@ -60,15 +60,15 @@ fn decoding_matches_the_forward<B: KernelBackend>(tolerance: f64) {
                 decoder.step(&[(seq, ids[t])], &mut logits).unwrap();
                 let full = forward(&model, &tokens, t + 1);
                 let err = max_abs_diff(&full[t * VOCAB..], &logits);
-                assert!(err < tolerance, "{kind}, prompt {prompt}, position {t}: error {err:e}");
+                assert!(
+                    err < tolerance,
+                    "{kind}, prompt {prompt}, position {t}: error {err:e}"
+                );
             }
             assert_eq!(decoder.len(seq), Some(CONTEXT));
             assert_eq!(
                 decoder.step(&[(seq, 0)], &mut logits),
-                Err(DecodeError::Full {
-                    seq,
-                    max: CONTEXT
-                })
+                Err(DecodeError::Full { seq, max: CONTEXT })
             );
         }
     }
@@ -196,7 +196,9 @@ fn bad_requests_are_refused_with_their_numbers() {
         DecodeError::EmptyPrompt
     );
     assert_eq!(
-        decoder.start::<f32>(&[3, VOCAB as u32], PromptLogits::Last).unwrap_err(),
+        decoder
+            .start::<f32>(&[3, VOCAB as u32], PromptLogits::Last)
+            .unwrap_err(),
         DecodeError::TokenOutOfVocab {
             token: VOCAB as u32,
             vocab: VOCAB
