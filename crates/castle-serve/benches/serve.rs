@@ -116,7 +116,6 @@ impl OnBackend for Bench {
                 new_tokens,
                 Some(eot),
                 &SamplingOptions::default(),
-                &device,
                 |_| {},
             )?;
             gen_local = gen_local.max(g.tokens_per_s());

@@ -1,11 +1,12 @@
 //! The engine: the one thread that owns the model. Requests wait in one queue; each turn the
 //! engine takes everything queued, scores the prompts that need at most one new token in
 //! batches (grouped by length, right-padded: the model is causal, so padding after a prompt
-//! changes none of its positions), starts the longer generations with a cached `prefill`, and
-//! then advances every running generation by one cached `decode` step, so a long generation
-//! never holds up a short request. Results go back through each request's own channel, which
-//! never blocks: a slow client cannot stall the queue, and a client that went away has its work
-//! dropped.
+//! changes none of its positions), starts the longer generations in the engine's [`Decoder`]
+//! (a forward pass over the prompt that fills the generation's cache), and then advances every
+//! running generation together by one token in one batched decoding step, so a long generation
+//! never holds up a short request, and generations at different positions share the step.
+//! Results go back through each request's own channel, which never blocks: a slow client cannot
+//! stall the queue, and a client that went away has its work dropped.
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use burn::prelude::*;
 use castle_data::Tok;
 use castle_eval::generate::{sample, Rng, SamplingOptions, TextStream};
-use castle_model::{CastleLm, KernelBackend, LmCache};
+use castle_model::{CastleLm, Decoder, KernelBackend, PromptLogits};
 use rand::SeedableRng;
 use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
@@ -81,14 +82,15 @@ pub enum Event {
 }
 
 /// A generation between its steps.
-struct Running<B: KernelBackend> {
+struct Running {
     index: usize,
     events: UnboundedSender<Event>,
     sequence: Sequence,
     rng: Rng,
     text: TextStream,
     generated: usize,
-    cache: LmCache<B>,
+    /// Its sequence in the engine's [`Decoder`].
+    seq: usize,
     /// The token to feed next.
     last: u32,
 }
@@ -105,7 +107,9 @@ pub struct Engine<'a, B: KernelBackend> {
 impl<B: KernelBackend> Engine<'_, B> {
     /// Serves `jobs` until every sender is gone and every generation has finished.
     pub fn run(&self, jobs: Receiver<Job>) {
-        let mut running: Vec<Running<B>> = vec![];
+        let mut decoder = Decoder::new(self.model);
+        let mut running: Vec<Running> = vec![];
+        let mut logits = vec![];
         loop {
             let mut arrived = vec![];
             if running.is_empty() {
@@ -121,13 +125,13 @@ impl<B: KernelBackend> Engine<'_, B> {
                     let events = job.events.clone();
                     if sequence.max_tokens <= 1 {
                         scoring.push((index, events, sequence));
-                    } else if let Some(r) = self.start(index, events, sequence) {
+                    } else if let Some(r) = self.start(&mut decoder, index, events, sequence) {
                         running.push(r);
                     }
                 }
             }
             self.score(scoring);
-            running.retain_mut(|r| self.step(r));
+            self.step(&mut decoder, &mut running, &mut logits);
         }
     }
 
@@ -166,18 +170,35 @@ impl<B: KernelBackend> Engine<'_, B> {
         }
     }
 
-    /// Prefills a generation's prompt and emits its first token.
+    /// Starts a generation in `decoder` (its prompt's forward pass) and emits its first token.
     fn start(
         &self,
+        decoder: &mut Decoder<B>,
         index: usize,
         events: UnboundedSender<Event>,
         sequence: Sequence,
-    ) -> Option<Running<B>> {
+    ) -> Option<Running> {
         if events.is_closed() {
             return None;
         }
-        let (logits, cache) = self.model.prefill(self.tokens(&[&sequence.prompt]));
-        let logits = host(logits);
+        // `report_prompt` scores every prompt position; otherwise only the last one is drawn from.
+        let which = if sequence.echo && sequence.logprobs.is_some() {
+            PromptLogits::All
+        } else {
+            PromptLogits::Last
+        };
+        // `completions` has checked the prompt (not empty, in the vocabulary, within the
+        // context with its new tokens), so this fails only on a bug: the client gets what was
+        // made, as if the context had ended, rather than a stopped server.
+        let (seq, logits) = match decoder.start::<f32>(&sequence.prompt, which) {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::error!("cannot start prompt {index}: {e}");
+                let mut text = TextStream::with_stops(vec![]);
+                self.done(index, &events, Finish::Length, &mut text);
+                return None;
+            }
+        };
         self.report_prompt(index, &events, &sequence, &logits);
         let vocab = self.model.vocab_size();
         let mut r = Running {
@@ -187,24 +208,57 @@ impl<B: KernelBackend> Engine<'_, B> {
             text: TextStream::with_stops(sequence.stop.clone()),
             sequence,
             generated: 0,
-            cache,
+            seq,
             last: 0,
         };
-        self.advance(&mut r, &logits[logits.len() - vocab..])
-            .then_some(r)
+        if self.advance(&mut r, &logits[logits.len() - vocab..]) {
+            Some(r)
+        } else {
+            decoder.finish(seq);
+            None
+        }
     }
 
-    /// One cached decode step; false once the generation is over (or its client gone).
-    fn step(&self, r: &mut Running<B>) -> bool {
-        if r.events.is_closed() {
-            return false;
+    /// One batched decoding step for every running generation whose client is still there;
+    /// those that end (or whose client went away) leave `running` and free their sequence.
+    fn step(&self, decoder: &mut Decoder<B>, running: &mut Vec<Running>, logits: &mut Vec<f32>) {
+        running.retain(|r| {
+            let gone = r.events.is_closed();
+            if gone {
+                decoder.finish(r.seq);
+            }
+            !gone
+        });
+        if running.is_empty() {
+            return;
         }
-        let logits = host(self.model.decode(self.tokens(&[&[r.last]]), &mut r.cache));
-        self.advance(r, &logits)
+        let batch: Vec<(usize, u32)> = running.iter().map(|r| (r.seq, r.last)).collect();
+        // Every sequence is running, once, with room for this token (`completions` caps
+        // max_tokens to the context): an error is a bug, and ends the generations as if their
+        // context had ended rather than stopping the server.
+        if let Err(e) = decoder.step(&batch, logits) {
+            tracing::error!("decoding step failed: {e}");
+            for mut r in running.drain(..) {
+                self.done(r.index, &r.events, Finish::Length, &mut r.text);
+                decoder.finish(r.seq);
+            }
+            return;
+        }
+        let vocab = self.model.vocab_size();
+        for (mut r, row) in std::mem::take(running)
+            .into_iter()
+            .zip(logits.chunks_exact(vocab))
+        {
+            if self.advance(&mut r, row) {
+                running.push(r);
+            } else {
+                decoder.finish(r.seq);
+            }
+        }
     }
 
     /// Draws the next token from `logits` and reports it; false once the generation is over.
-    fn advance(&self, r: &mut Running<B>, logits: &[f32]) -> bool {
+    fn advance(&self, r: &mut Running, logits: &[f32]) -> bool {
         r.generated += 1;
         let (token, finish) = self.emit(
             r.index,
@@ -295,14 +349,9 @@ impl<B: KernelBackend> Engine<'_, B> {
         let _ = events.send(Event::Prompt { index, positions });
     }
 
-    /// One forward pass over `prompts` right-padded to the longest: the logits
-    /// `[batch, longest, vocab]`, row-major.
+    /// One forward pass over `prompts` right-padded (with token 0) to the longest: the logits
+    /// `[batch, longest, vocab]`, row-major, as f32 (the parameters' type).
     fn forward(&self, prompts: &[&[u32]]) -> Vec<f32> {
-        host(self.model.forward(self.tokens(prompts)))
-    }
-
-    /// `prompts` as a `[batch, longest]` tensor, right-padded with token 0.
-    fn tokens(&self, prompts: &[&[u32]]) -> Tensor<B, 2, Int> {
         let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         let mut ids = vec![0i64; prompts.len() * width];
         for (row, p) in ids.chunks_mut(width.max(1)).zip(prompts) {
@@ -310,17 +359,14 @@ impl<B: KernelBackend> Engine<'_, B> {
                 *slot = t as i64;
             }
         }
-        Tensor::from_data(TensorData::new(ids, [prompts.len(), width]), &self.device)
+        let tokens = Tensor::from_data(TensorData::new(ids, [prompts.len(), width]), &self.device);
+        // `into_vec` fails only on another element type, which `convert` has just ruled out (a
+        // buffer it cannot take as is, it copies).
+        self.model
+            .forward(tokens)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("converted to f32")
     }
-}
-
-/// Logits on the host as f32 (the model returns them in the parameters' type, f32).
-fn host<B: KernelBackend>(logits: Tensor<B, 3>) -> Vec<f32> {
-    // `into_vec` fails only on another element type, which `convert` has just ruled out (a
-    // buffer it cannot take as is, it copies).
-    logits
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("converted to f32")
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::{trained, Server};
 
 /// The `data:` payloads of a server-sent event stream, as read so far.
-fn events(reader: &mut impl BufRead, until_done: bool, limit: usize) -> Vec<String> {
+pub fn events(reader: &mut impl BufRead, until_done: bool, limit: usize) -> Vec<String> {
     let mut out = vec![];
     let mut line = String::new();
     while out.len() < limit {
@@ -25,7 +25,7 @@ fn events(reader: &mut impl BufRead, until_done: bool, limit: usize) -> Vec<Stri
     out
 }
 
-fn open_stream(server: &Server, body: &Value) -> impl BufRead {
+pub fn open_stream(server: &Server, body: &Value) -> impl BufRead {
     let response = ureq::post(&format!("{}/v1/completions", server.url))
         .send_json(body.clone())
         .unwrap();
@@ -34,7 +34,7 @@ fn open_stream(server: &Server, body: &Value) -> impl BufRead {
 }
 
 /// Each choice's text and finish reason from a stream's chunks.
-fn texts(chunks: &[String], n: usize) -> (Vec<String>, Vec<Value>) {
+pub fn texts(chunks: &[String], n: usize) -> (Vec<String>, Vec<Value>) {
     let (mut text, mut finish) = (vec![String::new(); n], vec![Value::Null; n]);
     for chunk in chunks.iter().filter(|c| *c != "[DONE]") {
         let chunk: Value = serde_json::from_str(chunk).unwrap();

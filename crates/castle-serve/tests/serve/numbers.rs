@@ -1,5 +1,6 @@
 //! The numbers: log-probabilities against castle-eval's log-likelihood, greedy completions
-//! against castle-eval's generation, and batched against alone.
+//! against castle-eval's generation, and batched (scoring, and generations sharing decoding
+//! steps) against alone.
 
 use std::thread;
 
@@ -9,6 +10,7 @@ use castle_model::safetensors::ExportTokenizer;
 use castle_serve::logprobs::token_text;
 use serde_json::{json, Value};
 
+use crate::lifecycle::{events, open_stream, texts};
 use crate::{trained, Server, KINDS};
 
 const PAIRS: [(&str, &str); 3] = [
@@ -103,7 +105,6 @@ fn greedy_completions_are_castle_evals_generation() {
                 max_tokens,
                 Some(eot),
                 &SamplingOptions::default(),
-                &Default::default(),
                 |_| {},
             )
             .unwrap();
@@ -209,6 +210,77 @@ fn batched_requests_give_the_numbers_of_each_alone() {
             });
         }
     });
+}
+
+/// Streamed generations of several prompt lengths at once, in one request (they share every
+/// decoding step) and from concurrent clients (they join and leave one another's steps), each
+/// give the text, tokens and log-probabilities of its prompt alone; the echoed prompt's are those
+/// of scoring it.
+#[test]
+fn overlapping_streams_give_the_numbers_of_each_alone() {
+    let prompts: Vec<Vec<u32>> = prompts().into_iter().take(5).collect();
+    let body = |prompts: &[Vec<u32>]| {
+        json!({"prompt": prompts, "max_tokens": 20, "temperature": 0, "logprobs": 1,
+               "echo": true})
+    };
+    for kind in KINDS {
+        let server = Server::start(&trained().run(kind), &[]);
+        let alone: Vec<Value> = prompts
+            .iter()
+            .map(|p| server.complete(&body(std::slice::from_ref(p)))["choices"][0].clone())
+            .collect();
+        for (p, alone) in prompts.iter().zip(&alone) {
+            let values = &alone["logprobs"]["token_logprobs"].as_array().unwrap()[..=p.len()];
+            close(
+                &json!(values),
+                &scored(&server, p)["token_logprobs"],
+                &format!("{kind}: echoed prompt of {} tokens", p.len()),
+            );
+        }
+        thread::scope(|scope| {
+            for c in 0..3 {
+                let (server, prompts, alone) = (&server, &prompts, &alone);
+                scope.spawn(move || {
+                    for round in 0..2 {
+                        // Each client's own order, so sequences take different decoder slots.
+                        let order: Vec<usize> = (0..prompts.len())
+                            .map(|i| (i + c + round) % prompts.len())
+                            .collect();
+                        let sent: Vec<Vec<u32>> =
+                            order.iter().map(|&i| prompts[i].clone()).collect();
+                        let mut request = body(&sent);
+                        request["stream"] = json!(true);
+                        let chunks = events(&mut open_stream(server, &request), true, usize::MAX);
+                        let (text, finish) = texts(&chunks, sent.len());
+                        let (mut tokens, mut logprobs) =
+                            (vec![vec![]; sent.len()], vec![vec![]; sent.len()]);
+                        for chunk in chunks.iter().filter(|c| *c != "[DONE]") {
+                            let chunk: Value = serde_json::from_str(chunk).unwrap();
+                            let choice = &chunk["choices"][0];
+                            if let Some(l) = choice["logprobs"].as_object() {
+                                let at = choice["index"].as_u64().unwrap() as usize;
+                                tokens[at].extend(l["tokens"].as_array().unwrap().clone());
+                                logprobs[at]
+                                    .extend(l["token_logprobs"].as_array().unwrap().clone());
+                            }
+                        }
+                        for (k, &i) in order.iter().enumerate() {
+                            let what = format!("{kind} client {c} round {round} prompt {i}");
+                            let expected = &alone[i];
+                            assert_eq!(json!(text[k]), expected["text"], "{what}");
+                            assert_eq!(finish[k], expected["finish_reason"], "{what}");
+                            assert_eq!(json!(tokens[k]), expected["logprobs"]["tokens"], "{what}");
+                            close(
+                                &json!(logprobs[k]),
+                                &expected["logprobs"]["token_logprobs"],
+                                &what,
+                            );
+                        }
+                    }
+                });
+            }
+        });
+    }
 }
 
 #[test]
