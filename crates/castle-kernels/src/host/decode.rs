@@ -10,7 +10,9 @@
 //!   `qU_t, kC_t, vC_t`, then scores `s qC_t . kC_j - SiLU(s qC'_t . U_j)` over every position
 //!   `j <= t` (eq. 5-8; `qC'_t` is `qC_t` before RoPE, see `crate::rope`).
 //!
-//! Each head keeps its own `[capacity, d]` rows per field and a scratch row for its scores.
+//! Each head keeps its own `[capacity, d]` rows per field and two scratch rows: its scores,
+//! and the lookahead weights or scores that go through a sigmoid, which a pass of their own
+//! computes in SIMD lanes (inside the loop of dot products, the sigmoid ran one at a time).
 //! Heads run in parallel on rayon's pool once a step's work outweighs scheduling.
 
 use rayon::prelude::*;
@@ -31,11 +33,12 @@ pub struct CacheShape {
     pub capacity: usize,
 }
 
-/// One head's rows of `F` fields, `[capacity, d]` each, and its scores' scratch row.
+/// One head's rows of `F` fields, `[capacity, d]` each, and its scratch rows.
 #[derive(Debug, Clone)]
 struct Head<E, const F: usize> {
     fields: [Vec<E>; F],
     scores: Vec<E>,
+    lookahead: Vec<E>,
 }
 
 /// One sequence's cache of one layer: `F` fields per head, positions `0..len` filled.
@@ -51,6 +54,7 @@ impl<E: Elem, const F: usize> Rows<E, F> {
         let head = Head {
             fields: std::array::from_fn(|_| vec![E::zero(); shape.capacity * shape.d]),
             scores: vec![E::zero(); shape.capacity],
+            lookahead: vec![E::zero(); shape.capacity],
         };
         Self {
             shape,
@@ -159,7 +163,8 @@ impl<E: Elem> KvRows<E> {
             let [kh, vh] = &mut head.fields;
             kh[t * d..(t + 1) * d].copy_from_slice(row(k, h, d));
             vh[t * d..(t + 1) * d].copy_from_slice(row(v, h, d));
-            attend(row(q, h, d), kh, None, vh, &mut head.scores[..=t], out);
+            let scratch = [&mut head.scores[..=t], &mut head.lookahead[..=t]];
+            attend(row(q, h, d), kh, None, vh, scratch, out);
         });
     }
 }
@@ -230,12 +235,18 @@ impl<E: Elem> UqKvRows<E> {
         self.rows.each_head(t + 1, out, |h, head, out| {
             let [u, qu, kc, vc] = &mut head.fields;
             let (ku_t, vu_t) = (row(x.ku, h, d), row(x.vu, h, d));
+            let weights = &mut head.lookahead[first..t];
             vectorized(
                 #[inline(always)]
                 || {
                     // Eq. 13: `u_i^t = u_i^{t-1} + sigmoid(s qU_i . kU_t) vU_t` inside the window.
-                    for i in first..t {
-                        let w = E::sigmoid(s * dot(row(qu, i, d), ku_t));
+                    for (i, w) in (first..t).zip(weights.iter_mut()) {
+                        *w = s * dot(row(qu, i, d), ku_t);
+                    }
+                    for w in weights.iter_mut() {
+                        *w = E::sigmoid(*w);
+                    }
+                    for (i, &w) in (first..t).zip(weights.iter()) {
                         axpy(w, vu_t, &mut u[i * d..(i + 1) * d]);
                     }
                 },
@@ -245,26 +256,21 @@ impl<E: Elem> UqKvRows<E> {
             kc[t * d..(t + 1) * d].copy_from_slice(row(x.kc, h, d));
             vc[t * d..(t + 1) * d].copy_from_slice(row(x.vc, h, d));
             let lookahead = Some((row(x.qc_nope, h, d), &u[..]));
-            attend(
-                row(x.qc, h, d),
-                kc,
-                lookahead,
-                vc,
-                &mut head.scores[..=t],
-                out,
-            );
+            let scratch = [&mut head.scores[..=t], &mut head.lookahead[..=t]];
+            attend(row(x.qc, h, d), kc, lookahead, vc, scratch, out);
         });
     }
 }
 
 /// `softmax_j(s q . k_j - SiLU(s q' . u_j)) v_j` over the first `scores.len()` rows of `k`, `v`
 /// (and `u`) into `out`; the lookahead term only when `lookahead = Some((q', u))` (eq. 5-8).
+/// `[scores, su]` are scratch rows as long as the context.
 fn attend<E: Elem>(
     q: &[E],
     k: &[E],
     lookahead: Option<(&[E], &[E])>,
     v: &[E],
-    scores: &mut [E],
+    [scores, su]: [&mut [E]; 2],
     out: &mut [E],
 ) {
     let d = q.len();
@@ -274,8 +280,12 @@ fn attend<E: Elem>(
         || {
             for (j, z) in scores.iter_mut().enumerate() {
                 *z = s * dot(q, row(k, j, d));
-                if let Some((q_nope, u)) = lookahead {
-                    let su = s * dot(q_nope, row(u, j, d));
+            }
+            if let Some((q_nope, u)) = lookahead {
+                for (j, su) in su.iter_mut().enumerate() {
+                    *su = s * dot(q_nope, row(u, j, d));
+                }
+                for (z, &su) in scores.iter_mut().zip(su.iter()) {
                     *z = *z - su * E::sigmoid(su);
                 }
             }

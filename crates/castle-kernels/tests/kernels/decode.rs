@@ -6,7 +6,10 @@
 use crate::common;
 
 use castle_kernels::host::decode::{CacheShape, CastleStep, KvRows, UqKvRows};
+use castle_kernels::host::decode_layer::{decode_attention, LayerCache};
 use castle_kernels::reference::in_lookahead;
+use castle_kernels::rope::Rope;
+use castle_kernels::AttentionOp;
 use castle_kernels::Elem;
 use common::{max_abs_diff, random_vec, reference_output, rng, RawHeads};
 
@@ -171,6 +174,57 @@ fn kv_step_matches_causal_softmax_attention() {
                 let err = max_abs_diff(&out[h * d..(h + 1) * d], &want);
                 assert!(err < 1e-12, "prompt {p}, position {t}, head {h}: {err:e}");
             }
+        }
+    }
+}
+
+/// A layer's attention for a batch of sequences long enough to run them in parallel gives each
+/// the bits it gets alone, for both caches (RoPE at each sequence's own position).
+#[test]
+fn a_batch_of_long_caches_steps_as_each_alone() {
+    let (heads, d, capacity) = (2, 16, 1200);
+    let shape = CacheShape { heads, d, capacity };
+    let rope = Rope::new(capacity, d, 10_000.0);
+    let prompts = [700, 1, 900];
+    for op in [
+        AttentionOp::Causal,
+        AttentionOp::Castle { window: Some(300) },
+    ] {
+        // The projection's parts: q, k, v or CASTLE's six.
+        let parts = if op == AttentionOp::Causal { 3 } else { 6 };
+        let mut r = rng(9);
+        let mut filled = |n: usize| {
+            let mut cache = LayerCache::<f64>::new(op, shape);
+            let f = |r: &mut _| random_vec(r, heads * n * d, 1.0);
+            match &mut cache {
+                LayerCache::Kv(c) => c.extend(&f(&mut r), &f(&mut r), n),
+                LayerCache::UqKv(c) => {
+                    let [u, qu, kc, vc] = [0; 4].map(|_| f(&mut r));
+                    c.prefill([&u, &qu, &kc, &vc], n);
+                }
+            }
+            cache
+        };
+        let caches: Vec<LayerCache<f64>> = prompts.iter().map(|&n| filled(n)).collect();
+        let y = random_vec(&mut r, prompts.len() * parts * heads * d, 1.0);
+        let row = parts * heads * d;
+        let mut rot = vec![0.0; prompts.len() * 4 * heads * d];
+        let mut batched = caches.clone();
+        let mut seqs: Vec<&mut [LayerCache<f64>]> =
+            batched.iter_mut().map(std::slice::from_mut).collect();
+        let mut out = vec![0.0; prompts.len() * heads * d];
+        decode_attention(&mut seqs, 0, &y, &rope, &mut rot, &mut out);
+        for (i, cache) in caches.into_iter().enumerate() {
+            let mut alone = [cache];
+            let mut one = vec![0.0; heads * d];
+            let y = &y[i * row..(i + 1) * row];
+            decode_attention(&mut [&mut alone[..]], 0, y, &rope, &mut rot, &mut one);
+            assert_eq!(
+                one,
+                out[i * heads * d..(i + 1) * heads * d],
+                "{op:?}, sequence {i}"
+            );
+            assert_eq!(alone[0].len(), prompts[i] + 1);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! caches.
 
 use burn::tensor::Element;
+use rayon::prelude::*;
 
 use castle_kernels::host::decode::CacheShape;
 use castle_kernels::host::decode_layer::{decode_attention, LayerCache};
@@ -47,19 +48,24 @@ struct Buffers<E> {
     a: Vec<E>,
 }
 
-/// The model on the host, and the caches of its sequences (`None`: a free slot whose memory
-/// the next sequence reuses).
-pub(crate) struct HostDecoder<E> {
+/// The model's weights on the host.
+struct HostLm<E> {
     embed: Vec<E>,
     blocks: Vec<HostBlock<E>>,
     norm: Vec<E>,
     head: Projection<E>,
     eps: f64,
     rope: Rope,
-    op: AttentionOp,
     shape: CacheShape,
+}
+
+/// The model on the host, the caches of its sequences by slot (a finished sequence's are
+/// reused by the next), and the step's buffers, one set per group of rows.
+pub(crate) struct HostDecoder<E> {
+    lm: HostLm<E>,
+    op: AttentionOp,
     caches: Vec<Vec<LayerCache<E>>>,
-    buffers: Buffers<E>,
+    buffers: Vec<Buffers<E>>,
 }
 
 impl<E: Elem + Element> HostDecoder<E> {
@@ -102,29 +108,32 @@ impl<E: Elem + Element> HostDecoder<E> {
             Some(Attention::Castle(a)) => AttentionOp::Castle { window: a.window },
             _ => AttentionOp::Causal,
         };
-        Self {
+        let lm = HostLm {
             blocks: blocks.collect(),
             norm: host(model.norm.gamma.val()),
             eps: model.norm.eps,
             embed,
             head,
             rope: model.rope.clone(),
-            op,
             shape: CacheShape {
                 heads: c.n_heads(),
                 d: c.head_dim,
                 capacity: c.max_seq_len,
             },
+        };
+        Self {
+            lm,
+            op,
             caches: vec![],
-            buffers: Buffers::default(),
+            buffers: vec![],
         }
     }
 
     /// Moves a prompt's cache (`LmCache` of batch 1, from the model's prefill) into `slot`.
     pub(crate) fn start<B: KernelBackend>(&mut self, slot: usize, prompt: LmCache<B>) {
         while self.caches.len() <= slot {
-            let layers = self.blocks.len();
-            let new = || LayerCache::new(self.op, self.shape);
+            let layers = self.lm.blocks.len();
+            let new = || LayerCache::new(self.op, self.lm.shape);
             self.caches.push((0..layers).map(|_| new()).collect());
         }
         let n = prompt.len();
@@ -147,8 +156,50 @@ impl<E: Elem + Element> HostDecoder<E> {
     }
 
     /// One new token per sequence of `batch` (distinct slots, each with room for one more
-    /// position): their logits `[n, vocab]` into `logits`.
+    /// position): their logits `[n, vocab]` into `logits`. A batch of at least two rows per
+    /// worker is split into one group of rows per worker, each running the whole step on its
+    /// own buffers, so that the workers meet once per step rather than at every product;
+    /// a smaller one runs each product and attention on all workers.
     pub(crate) fn step<L: Elem>(&mut self, batch: &[(usize, u32)], logits: &mut Vec<L>) {
+        let n = batch.len();
+        // The batch's caches in its order (the decoder checked its slots are distinct).
+        let mut slots: Vec<Option<&mut Vec<LayerCache<E>>>> =
+            self.caches.iter_mut().map(Some).collect();
+        let mut seqs: Vec<&mut [LayerCache<E>]> = batch
+            .iter()
+            .filter_map(|&(slot, _)| slots[slot].take().map(|c| &mut c[..]))
+            .collect();
+        assert_eq!(seqs.len(), n, "a batch of distinct running sequences");
+        let vocab = self.lm.head.d_out();
+        logits.resize(n * vocab, L::zero());
+        let workers = rayon::current_num_threads();
+        let groups = if n >= 2 * workers { workers } else { 1 };
+        let rows = n.div_ceil(groups).max(1);
+        self.buffers
+            .resize_with(groups.max(self.buffers.len()), Buffers::default);
+        let lm = &self.lm;
+        if groups == 1 {
+            return lm.rows(batch, &mut seqs, &mut self.buffers[0], logits);
+        }
+        batch
+            .par_chunks(rows)
+            .zip(seqs.par_chunks_mut(rows))
+            .zip(self.buffers.par_iter_mut())
+            .zip(logits.par_chunks_mut(rows * vocab))
+            .for_each(|(((batch, seqs), b), logits)| lm.rows(batch, seqs, b, logits));
+    }
+}
+
+impl<E: Elem> HostLm<E> {
+    /// The step for the rows of one group: `seqs[i]` takes token `batch[i]`, its logits row `i`
+    /// of `logits`.
+    fn rows<L: Elem>(
+        &self,
+        batch: &[(usize, u32)],
+        seqs: &mut [&mut [LayerCache<E>]],
+        b: &mut Buffers<E>,
+        logits: &mut [L],
+    ) {
         let n = batch.len();
         let d_model = self.norm.len();
         let hd = self.shape.heads * self.shape.d;
@@ -157,7 +208,6 @@ impl<E: Elem + Element> HostDecoder<E> {
             outs.into_iter().max().unwrap_or(0)
         });
         let widest = widest.max().unwrap_or(0).max(self.head.d_out());
-        let b = &mut self.buffers;
         for (buf, width) in [
             (&mut b.x, d_model),
             (&mut b.h, d_model),
@@ -173,20 +223,12 @@ impl<E: Elem + Element> HostDecoder<E> {
             let t = token as usize;
             x.copy_from_slice(&self.embed[t * d_model..(t + 1) * d_model]);
         }
-        // The batch's caches in its order (the decoder checked its slots are distinct).
-        let mut slots: Vec<Option<&mut Vec<LayerCache<E>>>> =
-            self.caches.iter_mut().map(Some).collect();
-        let mut seqs: Vec<&mut [LayerCache<E>]> = batch
-            .iter()
-            .filter_map(|&(slot, _)| slots[slot].take().map(|c| &mut c[..]))
-            .collect();
-        assert_eq!(seqs.len(), n, "a batch of distinct running sequences");
         for (l, block) in self.blocks.iter().enumerate() {
             // Attention: x += W_O attn(RoPE(W (norm x))).
             norm_rows(&b.x, &block.attn_norm, self.eps, &mut b.h);
             let y = &mut b.y[..n * block.proj.d_out()];
             block.proj.apply(&b.h, n, &mut b.yt, y);
-            decode_attention(&mut seqs, l, y, &self.rope, &mut b.rot, &mut b.o);
+            decode_attention(seqs, l, y, &self.rope, &mut b.rot, &mut b.o);
             block.out.apply(&b.o, n, &mut b.yt, &mut b.a);
             add(&mut b.x, &b.a);
             // MLP: x += W_down (SiLU(x W_gate) (.) x W_up), on the norm of x.
@@ -199,11 +241,11 @@ impl<E: Elem + Element> HostDecoder<E> {
             add(&mut b.x, &b.a);
         }
         norm_rows(&b.x, &self.norm, self.eps, &mut b.h);
-        let vocab = self.head.d_out();
-        let y = &mut b.y[..n * vocab];
+        let y = &mut b.y[..n * self.head.d_out()];
         self.head.apply(&b.h, n, &mut b.yt, y);
-        logits.clear();
-        logits.extend(y.iter().map(|v| L::of(v.to_f64_exact())));
+        for (l, &v) in logits.iter_mut().zip(y.iter()) {
+            *l = L::of(v.to_f64_exact());
+        }
     }
 }
 

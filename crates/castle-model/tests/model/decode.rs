@@ -113,58 +113,62 @@ fn alone<B: KernelBackend>(model: &castle_model::CastleLm<B>, script: &Script) -
     out
 }
 
+/// A batch of `2 workers + 1` sequences (so that the decoder splits it into groups of rows,
+/// unequal ones) with prompts of 1 to 8 tokens; after three steps the second one finishes and a
+/// new sequence takes its slot. Each sequence's logits equal its own decoded alone.
 #[test]
 fn a_batch_decodes_as_each_sequence_alone() {
     type B = Flex;
     let device = Default::default();
+    let n = 2 * rayon::current_num_threads() + 1;
     for kind in KINDS {
         let model = model::<B>(kind, &device);
-        let stream = ids(&random_tokens::<B>(1, 64, VOCAB, 11, &device));
-        let script = |at: usize, prompt: usize, fed: usize| Script {
-            prompt: stream[at..at + prompt].to_vec(),
-            fed: stream[at + prompt..at + prompt + fed].to_vec(),
+        let stream = ids(&random_tokens::<B>(1, 16 * (n + 1), VOCAB, 11, &device));
+        let script = |i: usize, prompt: usize, fed: usize| Script {
+            prompt: stream[16 * i..16 * i + prompt].to_vec(),
+            fed: stream[16 * i + prompt..16 * i + prompt + fed].to_vec(),
         };
-        // Prompts of 1, 4 and 7 tokens; the second stops after 3 steps and a fourth sequence
-        // (prompt of 2) starts in its slot.
-        let scripts = [
-            script(0, 1, 6),
-            script(10, 4, 3),
-            script(20, 7, 6),
-            script(40, 2, 3),
-        ];
+        // Sequence `n` is the one that starts in the finished one's slot.
+        let scripts: Vec<Script> = (0..=n)
+            .map(|i| match i {
+                1 => script(i, 4, 3),
+                _ if i == n => script(i, 2, 3),
+                _ => script(i, 1 + 3 * i % 8, 6),
+            })
+            .collect();
         let expected: Vec<Vec<Vec<f32>>> = scripts.iter().map(|s| alone(&model, s)).collect();
         let mut decoder = Decoder::new(&model);
         let mut got: Vec<Vec<Vec<f32>>> = vec![vec![]; scripts.len()];
-        let mut seqs = vec![];
-        for (i, s) in scripts[..3].iter().enumerate() {
+        // `(script, sequence)` of the running ones, in the order each step lists them.
+        let mut running = vec![];
+        for (i, s) in scripts[..n].iter().enumerate() {
             let (seq, logits) = decoder.start(&s.prompt, PromptLogits::Last).unwrap();
-            seqs.push(seq);
+            running.push((i, seq));
             got[i].push(logits);
         }
         let mut logits = vec![];
         for step in 0..6 {
             if step == 3 {
-                decoder.finish(seqs[1]);
+                let (_, freed) = running.remove(1);
+                decoder.finish(freed);
                 let (seq, first) = decoder
-                    .start(&scripts[3].prompt, PromptLogits::Last)
+                    .start(&scripts[n].prompt, PromptLogits::Last)
                     .unwrap();
-                assert_eq!(seq, seqs[1], "the new sequence takes the free slot");
-                got[3].push(first);
+                assert_eq!(seq, freed, "the new sequence takes the free slot");
+                got[n].push(first);
+                running.push((n, seq));
+                running.reverse(); // any order
             }
-            let batch: Vec<(usize, usize)> = match step {
-                0..3 => vec![(0, seqs[0]), (1, seqs[1]), (2, seqs[2])],
-                _ => vec![(2, seqs[2]), (3, seqs[1]), (0, seqs[0])],
-            };
-            let fed: Vec<(usize, u32)> = batch
+            let fed: Vec<(usize, u32)> = running
                 .iter()
                 .map(|&(i, seq)| (seq, scripts[i].fed[got[i].len() - 1]))
                 .collect();
             decoder.step(&fed, &mut logits).unwrap();
-            for (&(i, _), row) in batch.iter().zip(logits.chunks(VOCAB)) {
+            for (&(i, _), row) in running.iter().zip(logits.chunks(VOCAB)) {
                 got[i].push(row.to_vec());
             }
         }
-        assert_eq!(decoder.running(), 3);
+        assert_eq!(decoder.running(), n);
         for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
             assert_eq!(got.len(), expected.len(), "{kind}: sequence {i}'s steps");
             for (t, (g, e)) in got.iter().zip(expected).enumerate() {
