@@ -15,6 +15,35 @@ use crate::{alloc, model_config, random_ids, random_tokens, BackendKind, Options
 /// Sequences decoded together in the batched column.
 const BATCH: usize = 16;
 
+/// Rounds of steps per path: each round runs every model's share of the steps, the models in
+/// another order, so that none always comes first after another's work (which slowed the
+/// first one's steps by up to 1.8x here).
+const ROUNDS: usize = 4;
+
+/// Untimed steps before each model's share of a round.
+const WARMUP: usize = 2;
+
+/// Runs `step(model, n)`, model `model`'s `n`-th step, in [`ROUNDS`] rounds of [`WARMUP`]
+/// untimed and `timed / ROUNDS` timed steps per model: the seconds of the timed steps, by model.
+fn rounds(models: usize, timed: usize, mut step: impl FnMut(usize, usize)) -> Vec<Vec<f64>> {
+    let mut times = vec![vec![]; models];
+    let mut done = vec![0; models];
+    for r in 0..ROUNDS {
+        for j in 0..models {
+            let i = (r + j) % models;
+            for k in 0..WARMUP + timed.div_ceil(ROUNDS) {
+                let t = Instant::now();
+                step(i, done[i]);
+                if k >= WARMUP {
+                    times[i].push(t.elapsed().as_secs_f64());
+                }
+                done[i] += 1;
+            }
+        }
+    }
+    times
+}
+
 /// Why the decoder cannot refuse the table's sequences: the models' context is the longest
 /// prompt plus every step.
 const FITS: &str = "the models' context holds the prompt and every step";
@@ -87,7 +116,7 @@ pub(crate) fn table<B: KernelBackend>(
     let device = B::Device::default();
     let s = &opts.model;
     let max_ctx = opts.decode_lengths.iter().copied().max().unwrap_or(0);
-    let max_len = max_ctx + opts.decode_steps + 1;
+    let max_len = max_ctx + ROUNDS * (WARMUP + opts.decode_steps.div_ceil(ROUNDS));
     let models: Vec<(AttentionKind, ModelConfig, CastleLm<B>)> = KINDS
         .iter()
         .map(|&kind| {
@@ -96,56 +125,54 @@ pub(crate) fn table<B: KernelBackend>(
             (kind, c, m)
         })
         .collect();
-    let mut decoders: Vec<Decoder<B>> = models.iter().map(|(_, _, m)| Decoder::new(m)).collect();
     let mut results = vec![];
     for &ctx in &opts.decode_lengths {
         let prompt = random_tokens::<B>(1, ctx, s.vocab, ctx as u64, &device);
         let prompts: Vec<Vec<u32>> = (0..BATCH)
             .map(|i| random_ids(ctx, s.vocab, (ctx * BATCH + i) as u64))
             .collect();
-        for (i, (kind, config, model)) in models.iter().enumerate() {
-            let token = |step: usize| random_ids(1, s.vocab, (ctx + step) as u64 * 7)[0];
-            // The old path: the model's tensor-op step (step 0 is a warm-up).
-            let (_, mut cache) = model.prefill(prompt.clone());
-            let mut old = vec![];
-            for step in 0..=opts.decode_steps {
-                let t = Instant::now();
-                let tokens = random_tokens::<B>(1, 1, s.vocab, (ctx + step) as u64 * 7, &device);
-                drop(model.decode(tokens, &mut cache));
-                B::sync(&device).expect("backend sync");
-                old.push(t.elapsed().as_secs_f64());
-            }
-            drop(cache);
-            // The decoder, one sequence, then a batch.
-            let decoder = &mut decoders[i];
+        let token = |step: usize| random_ids(1, s.vocab, (ctx + step) as u64 * 7)[0];
+        // New decoders for each context, as each generation of castle-eval has its own.
+        let mut decoders: Vec<Decoder<B>> =
+            models.iter().map(|(_, _, m)| Decoder::new(m)).collect();
+        let mut caches = vec![];
+        let mut seqs = vec![];
+        let mut held = vec![];
+        for ((_, _, model), decoder) in models.iter().zip(&mut decoders) {
+            caches.push(model.prefill(prompt.clone()).1);
             let before = alloc::current();
-            let (seq, _) = decoder
-                .start::<f32>(&prompts[0], PromptLogits::Last)
-                .expect(FITS);
-            let held = alloc::current().saturating_sub(before);
-            let mut logits: Vec<f32> = vec![];
-            let mut new = vec![];
-            for step in 0..=opts.decode_steps {
-                let t = Instant::now();
-                decoder
-                    .step(&[(seq, token(step))], &mut logits)
-                    .expect(FITS);
-                new.push(t.elapsed().as_secs_f64());
-            }
-            decoder.finish(seq);
-            let seqs: Vec<usize> = prompts
-                .iter()
-                .map(|p| decoder.start::<f32>(p, PromptLogits::Last).expect(FITS).0)
-                .collect();
-            let mut batched = vec![];
-            for step in 0..=opts.decode_steps {
-                let batch: Vec<(usize, u32)> = seqs.iter().map(|&q| (q, token(step))).collect();
-                let t = Instant::now();
-                decoder.step(&batch, &mut logits).expect(FITS);
-                batched.push(t.elapsed().as_secs_f64());
-            }
-            seqs.iter().for_each(|&q| decoder.finish(q));
-
+            let started = decoder.start::<f32>(&prompts[0], PromptLogits::Last);
+            seqs.push(started.expect(FITS).0);
+            held.push(alloc::current().saturating_sub(before));
+        }
+        // One path at a time, so that the old path's burn ops do not evict the new one's
+        // working set; each step finds one generation's (the weights and one context of cache:
+        // L3-resident here up to context 2048), as in castle-eval.
+        let mut logits: Vec<f32> = vec![];
+        let new = rounds(models.len(), opts.decode_steps, |i, n| {
+            let fed = [(seqs[i], token(n))];
+            decoders[i].step(&fed, &mut logits).expect(FITS);
+        });
+        let old = rounds(models.len(), opts.decode_steps, |i, n| {
+            let tokens = random_tokens::<B>(1, 1, s.vocab, (ctx + n) as u64 * 7, &device);
+            drop(models[i].2.decode(tokens, &mut caches[i]));
+            B::sync(&device).expect("backend sync");
+        });
+        drop(caches);
+        let batches: Vec<Vec<usize>> = decoders
+            .iter_mut()
+            .zip(&seqs)
+            .map(|(decoder, &seq)| {
+                decoder.finish(seq);
+                let mut start = |p: &Vec<u32>| decoder.start::<f32>(p, PromptLogits::Last);
+                prompts.iter().map(|p| start(p).expect(FITS).0).collect()
+            })
+            .collect();
+        let batched = rounds(models.len(), opts.decode_steps, |i, n| {
+            let fed: Vec<(usize, u32)> = batches[i].iter().map(|&q| (q, token(n))).collect();
+            decoders[i].step(&fed, &mut logits).expect(FITS);
+        });
+        for (i, (kind, config, _)) in models.iter().enumerate() {
             let per_head = if *kind == AttentionKind::Baseline {
                 2
             } else {
@@ -158,12 +185,12 @@ pub(crate) fn table<B: KernelBackend>(
                 backend,
                 kind: *kind,
                 context: ctx,
-                old_s: median(&old[1..]),
-                new_s: median(&new[1..]),
-                batch_tokens_per_s: BATCH as f64 / median(&batched[1..]),
+                old_s: median(&old[i]),
+                new_s: median(&new[i]),
+                batch_tokens_per_s: BATCH as f64 / median(&batched[i]),
                 bytes_per_token: bytes,
                 bound_s: bytes as f64 / read_bandwidth(bytes),
-                measured_cache_bytes_per_token: held as f64 / max_len as f64,
+                measured_cache_bytes_per_token: held[i] as f64 / max_len as f64,
                 ideal_cache_bytes_per_token: config.layers * per_head * row,
             };
             log(&format!(
@@ -188,7 +215,7 @@ pub fn section(report: &Report, opts: &Options, md: &mut String, targets: &mut S
     let _ = writeln!(
         md,
         "## 3. Decoding (`{backend}`, same model shape, after a prefill of the context)\n\n\
-         Median of {} steps per variant after one warm-up step. `old`: the model's tensor-op step \
+         Median of {} steps per variant, in {ROUNDS} rounds of every model's share (after {WARMUP} untimed steps each), the models in another order each round; one path at a time, so that each step finds one generation's working set. `old`: the model's tensor-op step \
          (`CastleLm::decode`), batch 1. `new`: the decoder (`castle_model::Decoder`), batch 1 and \
          batch {BATCH} (sequences of the same context). `bound`: the bytes one token reads (f32 \
          weights, and the cache rows it reads or writes: baseline `K, V`; CASTLE `Qu, U` twice \
