@@ -35,8 +35,8 @@ struct HostBlock<E> {
 }
 
 /// The step's buffers, rows of the batch: `x` the residual stream, `h` its norm, `y` a
-/// projection's output, `yt` a projection's transposed output, `rot` RoPE's, `o` the attention's,
-/// `a` a sublayer's output.
+/// projection's output, `yt` a projection's scratch ([`Projection::apply`]), `rot` RoPE's, `o`
+/// the attention's, `a` a sublayer's output.
 #[derive(Default)]
 struct Buffers<E> {
     x: Vec<E>,
@@ -57,6 +57,8 @@ struct HostLm<E> {
     eps: f64,
     rope: Rope,
     shape: CacheShape,
+    /// The widest projection output per row (the buffers `y` and `yt` hold rows of it).
+    widest: usize,
 }
 
 /// The model on the host, the caches of its sequences by slot (a finished sequence's are
@@ -108,8 +110,17 @@ impl<E: Elem + Element> HostDecoder<E> {
             Some(Attention::Castle(a)) => AttentionOp::Castle { window: a.window },
             _ => AttentionOp::Causal,
         };
+        let blocks: Vec<HostBlock<E>> = blocks.collect();
+        let widest = blocks
+            .iter()
+            .flat_map(|b| [&b.proj, &b.out, &b.gate_up, &b.down])
+            .chain([&head])
+            .map(|p| p.d_out())
+            .max()
+            .unwrap_or(0);
         let lm = HostLm {
-            blocks: blocks.collect(),
+            blocks,
+            widest,
             norm: host(model.norm.gamma.val()),
             eps: model.norm.eps,
             embed,
@@ -203,16 +214,11 @@ impl<E: Elem> HostLm<E> {
         let n = batch.len();
         let d_model = self.norm.len();
         let hd = self.shape.heads * self.shape.d;
-        let widest = self.blocks.iter().map(|b| {
-            let outs = [&b.proj, &b.out, &b.gate_up, &b.down].map(|p| p.d_out());
-            outs.into_iter().max().unwrap_or(0)
-        });
-        let widest = widest.max().unwrap_or(0).max(self.head.d_out());
         for (buf, width) in [
             (&mut b.x, d_model),
             (&mut b.h, d_model),
-            (&mut b.y, widest),
-            (&mut b.yt, widest),
+            (&mut b.y, self.widest),
+            (&mut b.yt, self.widest),
             (&mut b.rot, 4 * hd),
             (&mut b.o, hd),
             (&mut b.a, d_model),
