@@ -170,7 +170,7 @@ impl<E: Elem + Element> HostDecoder<E> {
     /// position): their logits `[n, vocab]` into `logits`. A batch of at least two rows per
     /// worker is split into one group of rows per worker, each running the whole step on its
     /// own buffers, so that the workers meet once per step rather than at every product;
-    /// a smaller one runs each product and attention on all workers.
+    /// a smaller one runs each product and attention on all workers, from inside the pool.
     pub(crate) fn step<L: Elem>(&mut self, batch: &[(usize, u32)], logits: &mut Vec<L>) {
         let n = batch.len();
         // The batch's caches in its order (the decoder checked its slots are distinct).
@@ -190,7 +190,10 @@ impl<E: Elem + Element> HostDecoder<E> {
             .resize_with(groups.max(self.buffers.len()), Buffers::default);
         let lm = &self.lm;
         if groups == 1 {
-            return lm.rows(batch, &mut seqs, &mut self.buffers[0], logits);
+            // On one of rayon's workers, so that the step's parallel products and attention
+            // split there instead of each waking the pool from outside it.
+            let b = &mut self.buffers[0];
+            return rayon::scope(|_| lm.rows(batch, &mut seqs, b, logits));
         }
         batch
             .par_chunks(rows)
