@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use anyhow::{anyhow, Result};
+
 use castle_kernels::host::simd::{fold_lanes, vectorized};
 use castle_model::{AttentionKind, CastleLm, Decoder, KernelBackend, ModelConfig, PromptLogits};
 
@@ -25,7 +27,11 @@ const WARMUP: usize = 2;
 
 /// Runs `step(model, n)`, model `model`'s `n`-th step, in [`ROUNDS`] rounds of [`WARMUP`]
 /// untimed and `timed / ROUNDS` timed steps per model: the seconds of the timed steps, by model.
-fn rounds(models: usize, timed: usize, mut step: impl FnMut(usize, usize)) -> Vec<Vec<f64>> {
+fn rounds(
+    models: usize,
+    timed: usize,
+    mut step: impl FnMut(usize, usize) -> Result<()>,
+) -> Result<Vec<Vec<f64>>> {
     let mut times = vec![vec![]; models];
     let mut done = vec![0; models];
     for r in 0..ROUNDS {
@@ -33,7 +39,7 @@ fn rounds(models: usize, timed: usize, mut step: impl FnMut(usize, usize)) -> Ve
             let i = (r + j) % models;
             for k in 0..WARMUP + timed.div_ceil(ROUNDS) {
                 let t = Instant::now();
-                step(i, done[i]);
+                step(i, done[i])?;
                 if k >= WARMUP {
                     times[i].push(t.elapsed().as_secs_f64());
                 }
@@ -41,12 +47,8 @@ fn rounds(models: usize, timed: usize, mut step: impl FnMut(usize, usize)) -> Ve
             }
         }
     }
-    times
+    Ok(times)
 }
-
-/// Why the decoder cannot refuse the table's sequences: the models' context is the longest
-/// prompt plus every step.
-const FITS: &str = "the models' context holds the prompt and every step";
 
 #[derive(Debug, Clone)]
 pub struct DecodeResult {
@@ -112,7 +114,7 @@ pub(crate) fn table<B: KernelBackend>(
     backend: BackendKind,
     opts: &Options,
     log: &mut dyn FnMut(&str),
-) -> Vec<DecodeResult> {
+) -> Result<Vec<DecodeResult>> {
     let device = B::Device::default();
     let s = &opts.model;
     let max_ctx = opts.decode_lengths.iter().copied().max().unwrap_or(0);
@@ -142,7 +144,7 @@ pub(crate) fn table<B: KernelBackend>(
             caches.push(model.prefill(prompt.clone()).1);
             let before = alloc::current();
             let started = decoder.start::<f32>(&prompts[0], PromptLogits::Last);
-            seqs.push(started.expect(FITS).0);
+            seqs.push(started?.0);
             held.push(alloc::current().saturating_sub(before));
         }
         // One path at a time, so that the old path's burn ops do not evict the new one's
@@ -150,28 +152,27 @@ pub(crate) fn table<B: KernelBackend>(
         // L3-resident here up to context 2048), as in castle-eval.
         let mut logits: Vec<f32> = vec![];
         let new = rounds(models.len(), opts.decode_steps, |i, n| {
-            let fed = [(seqs[i], token(n))];
-            decoders[i].step(&fed, &mut logits).expect(FITS);
-        });
+            Ok(decoders[i].step(&[(seqs[i], token(n))], &mut logits)?)
+        })?;
         let old = rounds(models.len(), opts.decode_steps, |i, n| {
             let tokens = random_tokens::<B>(1, 1, s.vocab, (ctx + n) as u64 * 7, &device);
             drop(models[i].2.decode(tokens, &mut caches[i]));
-            B::sync(&device).expect("backend sync");
-        });
+            B::sync(&device).map_err(|e| anyhow!("backend sync: {e}"))
+        })?;
         drop(caches);
-        let batches: Vec<Vec<usize>> = decoders
-            .iter_mut()
-            .zip(&seqs)
-            .map(|(decoder, &seq)| {
-                decoder.finish(seq);
-                let mut start = |p: &Vec<u32>| decoder.start::<f32>(p, PromptLogits::Last);
-                prompts.iter().map(|p| start(p).expect(FITS).0).collect()
-            })
-            .collect();
+        let mut batches: Vec<Vec<usize>> = vec![];
+        for (decoder, &seq) in decoders.iter_mut().zip(&seqs) {
+            decoder.finish(seq);
+            let started: Result<Vec<_>, _> = prompts
+                .iter()
+                .map(|p| decoder.start::<f32>(p, PromptLogits::Last).map(|(q, _)| q))
+                .collect();
+            batches.push(started?);
+        }
         let batched = rounds(models.len(), opts.decode_steps, |i, n| {
             let fed: Vec<(usize, u32)> = batches[i].iter().map(|&q| (q, token(n))).collect();
-            decoders[i].step(&fed, &mut logits).expect(FITS);
-        });
+            Ok(decoders[i].step(&fed, &mut logits)?)
+        })?;
         for (i, (kind, config, _)) in models.iter().enumerate() {
             let per_head = if *kind == AttentionKind::Baseline {
                 2
@@ -202,7 +203,7 @@ pub(crate) fn table<B: KernelBackend>(
             results.push(r);
         }
     }
-    results
+    Ok(results)
 }
 
 /// Section 3 of the report; its target rows go to `targets`.

@@ -264,7 +264,7 @@ impl OnBackend for OneBackend<'_> {
         }
         if first && opts.tables.contains(&3) {
             log(&format!("[{backend}] table 3: decoding"));
-            report.decode = decode::table::<B::InnerBackend>(backend, opts, log);
+            report.decode = decode::table::<B::InnerBackend>(backend, opts, log)?;
         }
         log(&format!("[{backend}] matmul rate, again"));
         let readings = [first_reading, rate()];

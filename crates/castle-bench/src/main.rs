@@ -104,6 +104,9 @@ fn main() -> Result<()> {
     if opts.reps == 0 || opts.train_reps == 0 || opts.decode_steps == 0 {
         bail!("repetitions must be at least 1");
     }
+    if opts.decode_lengths.contains(&0) {
+        bail!("--decode-lengths: every context length must be at least 1 (a prompt of one token)");
+    }
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
