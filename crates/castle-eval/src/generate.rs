@@ -142,17 +142,16 @@ pub fn generate<B: KernelBackend>(
 ) -> Result<Generation> {
     let mut decoder = Decoder::new(model);
     let mut seq = None;
-    let mut logits = vec![];
-    let next_logits = |sequence: &[u32]| -> Result<Vec<f32>> {
+    let next_logits = |sequence: &[u32], logits: &mut Vec<f32>| -> Result<()> {
         match seq {
             None => {
                 let (id, first) = decoder.start(sequence, PromptLogits::Last)?;
                 seq = Some(id);
-                logits = first;
+                *logits = first;
             }
-            Some(id) => decoder.step(&[(id, sequence[sequence.len() - 1])], &mut logits)?,
+            Some(id) => decoder.step(&[(id, sequence[sequence.len() - 1])], logits)?,
         }
-        Ok(std::mem::take(&mut logits))
+        Ok(())
     };
     let max_seq_len = model.config.max_seq_len;
     sample_loop(
@@ -177,16 +176,15 @@ pub fn generate_uncached<B: KernelBackend>(
     on_token: impl FnMut(u32),
 ) -> Result<Generation> {
     let device = &model.embed.weight.device();
-    let next_logits = |sequence: &[u32]| {
+    let next_logits = |sequence: &[u32], logits: &mut Vec<f32>| {
         let ids: Vec<i64> = sequence.iter().map(|&t| t as i64).collect();
         let tokens = Tensor::from_data(TensorData::new(ids, [1, sequence.len()]), device);
-        let logits = model.forward(tokens);
-        let [_, len, vocab] = logits.dims();
-        Ok(logits
-            .slice([0..1, len - 1..len, 0..vocab])
-            .into_data()
-            .iter::<f32>()
-            .collect())
+        let all = model.forward(tokens);
+        let [_, len, vocab] = all.dims();
+        let last = all.slice([0..1, len - 1..len, 0..vocab]).into_data();
+        logits.clear();
+        logits.extend(last.iter::<f32>());
+        Ok(())
     };
     let max_seq_len = model.config.max_seq_len;
     sample_loop(
@@ -200,8 +198,9 @@ pub fn generate_uncached<B: KernelBackend>(
     )
 }
 
-/// The loop both share: `next_logits(sequence)` gives the last position's logits after the
-/// prompt and the tokens so far. The first call (over the whole prompt) is timed as the prefill.
+/// The loop both share: `next_logits(sequence, logits)` writes the last position's logits after
+/// the prompt and the tokens so far into `logits` (one buffer for the whole generation). The
+/// first call (over the whole prompt) is timed as the prefill.
 fn sample_loop(
     prompt: &[u32],
     max_new_tokens: usize,
@@ -209,7 +208,7 @@ fn sample_loop(
     eot: Option<u32>,
     options: &SamplingOptions,
     mut on_token: impl FnMut(u32),
-    mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+    mut next_logits: impl FnMut(&[u32], &mut Vec<f32>) -> Result<()>,
 ) -> Result<Generation> {
     let max_new_tokens = fit_to_context(prompt.len(), max_new_tokens, max_seq_len)?;
     let mut rng = Rng::seed_from_u64(options.seed);
@@ -221,9 +220,11 @@ fn sample_loop(
         prefill_s: 0.0,
         decode_s: 0.0,
     };
+    let mut logits = vec![];
     let mut start = Instant::now();
     while out.tokens.len() < max_new_tokens {
-        let next = sample(&next_logits(&sequence)?, options, &mut rng) as u32;
+        next_logits(&sequence, &mut logits)?;
+        let next = sample(&logits, options, &mut rng) as u32;
         if sequence.len() == prompt.len() {
             out.prefill_s = start.elapsed().as_secs_f64();
             start = Instant::now();
